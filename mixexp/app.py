@@ -1,0 +1,61 @@
+"""The job behind `python train.py`: validate, prepare data, launch the ranks, report.
+
+Runs in the Hydra job process and never imports torch or megatron-core, so a
+bad configuration is answered before those imports cost anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mixexp.errors import ConfigError
+from mixexp.layout import Layout, validate
+
+
+def nproc_per_node(cfg, layout: Layout) -> int:
+    """Devices (ranks) on this node: the cluster's or hardware's; on CPU the layout decides."""
+    per_node = cfg.cluster.devices_per_node or cfg.hardware.devices_per_node
+    if per_node:
+        return per_node
+    return layout.world_size // cfg.cluster.nnodes
+
+
+def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None) -> DictConfig:
+    """The resolved config the ranks read, with derived values filled in."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(resolved, False)
+    resolved.cluster.devices_per_node = nproc_per_node(cfg, layout)
+    resolved.data_prefix = data_prefix
+    return resolved
+
+
+def failed_summary(run_dir: Path, cfg, error: str, layout: Layout | None = None) -> dict:
+    from mixexp.report import write_summary
+
+    return write_summary(run_dir, status="failed", error=error,
+                         layout=layout.as_dict() if layout else None,
+                         world_size=layout.world_size if layout else None)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run one job; raises ConfigError for what the user must fix. Returns summary.json's content."""
+    import json
+
+    layout = validate(cfg)
+    if cfg.train.dry_run:
+        from mixexp.dryrun import dry_run_in_subprocess
+        return dry_run_in_subprocess(cfg, layout, run_dir)
+
+    from mixexp.data.prepare import prepare_data
+    from mixexp.launch import first_error, launch
+
+    prefix = prepare_data(cfg.data, cfg.train.seq_length)
+    code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))
+    summary_path = run_dir / "summary.json"
+    if code == 0 and summary_path.exists():
+        return json.loads(summary_path.read_text())
+    error = first_error(run_dir) or f"torchrun exited with code {code}"
+    return failed_summary(run_dir, cfg, error, layout)

@@ -1,0 +1,94 @@
+"""Hydra entry points with the project's exit-code contract.
+
+0: done. 1: the run failed (a rank crashed, training diverged). 2: the
+configuration is invalid; one line on stderr says what and how to fix it.
+In a --multirun sweep a failed job writes its summary and the sweep goes on;
+the sweep exits non-zero at the end when any job failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import sys
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import hydra
+
+import mixexp.config  # noqa: F401  (registers the structured configs)
+from mixexp.errors import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+_exit_code = 0
+_job_started = False
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def run_job(cfg) -> int:
+    """One Hydra job of train.py; returns its exit code."""
+    from mixexp.app import failed_summary, train
+
+    run_dir = _run_dir()
+    try:
+        summary = train(cfg, run_dir)
+    except ConfigError as exc:
+        failed_summary(run_dir, cfg, str(exc))
+        print(f"error: {exc}", file=sys.__stderr__, flush=True)
+        return 2
+    if summary.get("status") == "failed":
+        print(f"error: run failed: {summary['error']}", file=sys.__stderr__, flush=True)
+        return 1
+    print(f"[mixexp] summary: {run_dir / 'summary.json'}", flush=True)
+    return 0
+
+
+def _hydra_error_line(captured: str) -> str:
+    """Hydra explains a bad override over several lines; keep the one that names the problem."""
+    lines = [ln.strip() for ln in captured.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Set the environment variable HYDRA_FULL_ERROR")]
+    for ln in lines:
+        if any(word in ln for word in ("not in", "Could not", "Error", "error", "Invalid", "Value '")):
+            detail = next((d for d in lines if d.startswith(("Key '", "Value '"))), None)
+            return ln if detail is None or detail == ln else f"{ln} ({detail})"
+    return lines[0] if lines else "invalid command line"
+
+
+def hydra_entry(config_name: str, job: str) -> None:
+    module, func = job.split(":")
+
+    @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)
+    def main(cfg) -> None:
+        global _exit_code, _job_started
+        _job_started = True
+        code = getattr(importlib.import_module(module), func)(cfg)
+        _exit_code = max(_exit_code, code)
+        if code and not _is_multirun():
+            sys.exit(code)
+
+    # Hydra reports a bad command line on stderr before any job starts; capture it to shorten it.
+    captured = io.StringIO()
+    try:
+        with redirect_stderr(captured):
+            main()
+    except SystemExit as exc:
+        text = captured.getvalue()
+        if exc.code == 1 and not _job_started:  # Hydra rejected the command line
+            print(f"error: {_hydra_error_line(text)}", file=sys.stderr)
+            sys.exit(2)
+        sys.stderr.write(text)
+        raise
+    sys.stderr.write(captured.getvalue())
+    sys.exit(_exit_code)

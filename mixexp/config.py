@@ -1,0 +1,176 @@
+"""Structured configs: one dataclass per Hydra group, registered in the ConfigStore.
+
+Every YAML file under conf/ extends one of these schemas, so a wrong type or an
+unknown key fails when Hydra composes the config, before anything is imported
+or launched. Pure Python: no torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    ffn_hidden_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_query_groups: int = MISSING
+    vocab_size: int = 32000
+    make_vocab_size_divisible_by: int = 1
+    max_position_embeddings: int = 32768
+    rotary_base: float = 1_000_000.0
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.01
+    untie_embeddings: bool = True
+    num_experts: int = 8
+    moe_router_topk: int = 2
+    moe_aux_loss_coeff: float = 0.02
+    # Expert FFN width; None means ffn_hidden_size (Mixtral's experts are full FFNs).
+    moe_ffn_hidden_size: Optional[int] = None
+
+
+@dataclass
+class ParallelConfig:
+    name: str = "single"
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    # Expert tensor parallelism; None means "same as tp" (Megatron's default).
+    etp: Optional[int] = None
+    cp: int = 1
+    # Virtual pipeline stages per pipeline rank; 1 means no interleaving.
+    vpp: int = 1
+    # Data parallelism; None means derived from the world size.
+    dp: Optional[int] = None
+    # None means "on whenever tp > 1" (Megatron requires it for MoE with tp > 1).
+    sequence_parallel: Optional[bool] = None
+    cp_algo: str = "megatron_cp_algo"
+    dispatcher: str = "alltoall"
+    distributed_optimizer: bool = False
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # indexed: Megatron GPTDataset over a *_text_document prefix;
+    # instruction: packed alpaca files with a loss mask; synthetic: random tokens.
+    kind: str = "indexed"
+    # Raw input preprocessed on first use (relative to the repository root).
+    raw_path: Optional[str] = None
+    # Explicit Megatron prefix (skips preprocessing), e.g. ./dataset/alpaca_text_document
+    prefix: Optional[str] = None
+    cache_dir: str = "${oc.env:MIXEXP_CACHE,${hydra:runtime.cwd}/.cache}/data"
+    tokenizer: str = "mixtral"
+    tokenizer_path: Optional[str] = None
+    json_key: str = "text"
+    split: str = "98,2,0"
+    num_workers: int = 0
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = "cpu"  # cpu | npu | cuda
+    backend: str = "gloo"  # gloo | hccl | nccl
+    # None: on CPU, as many processes as the layout needs.
+    devices_per_node: Optional[int] = None
+    memory_gb: float = MISSING
+    peak_flops_bf16: float = MISSING
+    # None: unknown; MFU of fp32 runs is then not reported.
+    peak_flops_fp32: Optional[float] = None
+    intra_node_bandwidth_gbps: float = MISSING  # GB/s per device
+    inter_node_bandwidth_gbps: float = MISSING  # GB/s per device
+    # Fraction of peak a large GEMM-bound step reaches; used by the planner.
+    compute_efficiency: float = 0.5
+    bf16_supported: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    nnodes: int = 1
+    # None: hardware.devices_per_node, or on CPU the layout's world size.
+    devices_per_node: Optional[int] = None
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    # 0 picks a free port (single node only).
+    master_port: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    lr_warmup_iters: int = 0
+    lr_decay_style: str = "cosine"
+    # None: decay over train.iters.
+    lr_decay_iters: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "console"  # console | wandb
+    project: str = "mixexp"
+    # None: the sweep name in a multirun, else no group.
+    group: Optional[str] = None
+    entity: Optional[str] = None
+    # None: "offline" unless WANDB_API_KEY is set.
+    mode: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainSettings:
+    iters: int = 20
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    seq_length: int = 128
+    seed: int = 1234
+    precision: str = "fp32"  # fp32 | bf16
+    recompute: str = "none"  # none | selective | full
+    log_interval: int = 1
+    dry_run: bool = False
+    # Steps left out of throughput averages (first steps pay for warm-up).
+    warmup_steps: int = 2
+    # Timeout of every collective; a hung peer fails the job instead of waiting forever.
+    collective_timeout_s: int = 120
+
+
+@dataclass
+class RootConfig:
+    model: ModelConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    data: DataConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+def register_configs() -> None:
+    """Register the schemas; YAML files extend them through their defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+register_configs()

@@ -1,0 +1,51 @@
+"""Per-step throughput metrics and their warm-up-free averages. Pure Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ThroughputModel:
+    """What turns a step time into throughput figures for one run."""
+
+    tokens_per_step: int  # global_batch_size * seq_length
+    world_size: int
+    flops_per_token: float
+    peak_flops: float | None  # per device, for the run's precision
+
+    def step_metrics(self, step_time_s: float) -> dict:
+        tokens_per_sec = self.tokens_per_step / step_time_s
+        per_device = tokens_per_sec / self.world_size
+        tflops = per_device * self.flops_per_token / 1e12
+        mfu = tflops * 1e12 / self.peak_flops if self.peak_flops else None
+        return {
+            "step_time_s": step_time_s,
+            "tokens_per_sec": tokens_per_sec,
+            "tokens_per_sec_per_device": per_device,
+            "tflops_per_device": tflops,
+            "mfu": mfu,
+        }
+
+
+def steady_state(rows: list[dict], warmup_steps: int) -> list[dict]:
+    """Rows after warm-up; all rows when the run was too short to have any."""
+    after = [r for r in rows if r["step"] > warmup_steps]
+    return after or rows
+
+
+def average(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(rows: list[dict], warmup_steps: int) -> dict:
+    """Throughput averages over steady-state steps; step time is the mean, throughput follows from it."""
+    steady = steady_state(rows, warmup_steps)
+    out = {k: average(steady, k) for k in ("step_time_s", "tokens_per_sec", "tokens_per_sec_per_device",
+                                           "tflops_per_device", "mfu")}
+    out["peak_memory_gb"] = max((r["memory_gb"] for r in rows if r.get("memory_gb") is not None), default=None)
+    losses = [r["loss"] for r in rows if r.get("loss") is not None]
+    out["first_loss"] = losses[0] if losses else None
+    out["final_loss"] = losses[-1] if losses else None
+    return out

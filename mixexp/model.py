@@ -1,0 +1,120 @@
+"""megatron-core's GPTModel with Mixtral's MoE layers, built from the model config.
+
+Never a re-implementation: the layers are Megatron's (SelfAttention with
+RoPE and GQA, MoELayer with its top-k router, aux loss and token dispatcher,
+SwiGLU experts). Only the norm and the core attention are swapped for the
+CPU-friendly modules in `mixexp.layers` on devices without Transformer Engine.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+from mixexp.layers import RMSNorm, SDPACoreAttention
+from mixexp.layout import Layout, sequence_parallel
+
+
+def padded_vocab_size(cfg) -> int:
+    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by * tp."""
+    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
+    return -(-cfg.model.vocab_size // multiple) * multiple
+
+
+def transformer_config(cfg, layout: Layout) -> TransformerConfig:
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    bf16 = t.precision == "bf16"
+    recompute = {"none": {}, "selective": dict(recompute_granularity="selective"),
+                 "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)}
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.hidden_size // m.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_method_std,
+        num_moe_experts=m.num_experts or None,
+        moe_router_topk=m.moe_router_topk,
+        moe_aux_loss_coeff=m.moe_aux_loss_coeff,
+        moe_router_load_balancing_type="aux_loss",
+        moe_token_dispatcher_type=p.dispatcher,
+        moe_ffn_hidden_size=m.moe_ffn_hidden_size or m.ffn_hidden_size,
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        context_parallel_size=layout.cp,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.etp,
+        sequence_parallel=sequence_parallel(cfg),
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
+        bf16=bf16,
+        calculate_per_token_loss=True,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        deallocate_pipeline_outputs=True,
+        **recompute[t.recompute],
+    )
+
+
+def block_spec(config: TransformerConfig, vp_stage: int | None, pp_rank: int | None = None) -> TransformerBlockSubmodules:
+    """Megatron's local MoE layer spec with our RMSNorm and SDPA/ring core attention."""
+    layer = copy.deepcopy(get_gpt_layer_local_spec(num_experts=config.num_moe_experts, normalization="RMSNorm"))
+    sub = layer.submodules
+    sub.input_layernorm = RMSNorm
+    sub.pre_mlp_layernorm = RMSNorm
+    sub.self_attention.submodules.core_attention = SDPACoreAttention
+    sub.sharded_state_dict_keys_map = {}
+    num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=RMSNorm)
+
+
+def build_chunk(cfg, config: TransformerConfig, vp_stage: int | None, pre_process: bool, post_process: bool,
+                pp_rank: int | None = None) -> GPTModel:
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=block_spec(config, vp_stage, pp_rank),
+        vocab_size=padded_vocab_size(cfg),
+        max_sequence_length=cfg.train.seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=not cfg.model.untie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(cfg.model.rotary_base),
+        vp_stage=vp_stage,
+    )
+
+
+def build_model_chunks(cfg, layout: Layout) -> list[GPTModel]:
+    """This rank's model: one GPTModel per virtual pipeline stage."""
+    config = transformer_config(cfg, layout)
+    chunks = []
+    stages = range(layout.vpp) if layout.vpp > 1 else [None]
+    for vp_stage in stages:
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        chunks.append(build_chunk(cfg, config, vp_stage, pre, post))
+    return chunks
+
+
+def count_parameters(chunks) -> int:
+    return sum(p.numel() for chunk in chunks for p in chunk.parameters())

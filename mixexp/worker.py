@@ -1,0 +1,142 @@
+"""One rank, top to bottom: device, process groups, model, data, loop, report.
+
+Started by torch.distributed.run (`python -m mixexp.worker RUN_DIR`); reads the
+resolved config the launcher wrote to RUN_DIR/worker_config.yaml. The device
+adaptor is applied before megatron-core is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+import traceback
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mixexp import devices
+from mixexp.layout import validate
+
+WORKER_CONFIG = "worker_config.yaml"
+
+
+def _memory_gb(device: str) -> float:
+    import torch
+
+    if device == "cpu":  # peak resident set size of this process (Linux reports KiB)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _quiet_known_warnings() -> None:
+    """megatron-core warns at import about optional fused kernels; say it once in the README instead."""
+    for pattern in ("Transformer Engine and Apex are not installed", "Apex is not installed",
+                    "full scope is deprecated", ".*Transformer Engine.*", ".*grouped_gemm.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def run(cfg, run_dir: Path, rank: int, world: int) -> None:
+    layout = validate(cfg)
+    _quiet_known_warnings()
+    device = cfg.hardware.device
+    devices.prepare(device, list(cfg.get("megatron_argv") or []))
+
+    import torch
+    import torch.distributed as dist
+
+    torch.manual_seed(cfg.train.seed)
+    timeout = timedelta(seconds=cfg.train.collective_timeout_s)
+    dist.init_process_group(cfg.hardware.backend, timeout=timeout)
+
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.utils import get_model_config
+
+    devices.finish(device)
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        context_parallel_size=layout.cp,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.etp,
+        distributed_timeout_minutes=max(1, cfg.train.collective_timeout_s // 60),
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(cfg.train.seed)
+
+    from mixexp.data.loader import MicroBatches, build_dataset
+    from mixexp.flops import flops_per_token, params_total
+    from mixexp.init_weights import init_layout_independent
+    from mixexp.loop import Trainer, build_optimizer, wrap_ddp
+    from mixexp.metrics import ThroughputModel, summarize
+    from mixexp.model import build_model_chunks, count_parameters, padded_vocab_size
+    from mixexp.report import MetricsWriter, write_summary
+
+    chunks = build_model_chunks(cfg, layout)
+    init_layout_independent(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
+    local_params = torch.tensor([count_parameters(chunks)], dtype=torch.float64)
+    dist.all_reduce(local_params, op=dist.ReduceOp.MAX)
+    config = get_model_config(chunks[0])
+    model = wrap_ddp(chunks, config, cfg)
+    optimizer, scheduler = build_optimizer(model, cfg)
+
+    t = cfg.train
+    dataset = build_dataset(cfg, cfg.get("data_prefix"), t.iters * t.global_batch_size)
+    microbatches = MicroBatches(dataset, cfg, layout, parallel_state.get_data_parallel_rank(),
+                                parallel_state.get_context_parallel_rank())
+    trainer = Trainer(model, optimizer, scheduler, config, cfg, microbatches)
+
+    vocab = padded_vocab_size(cfg)
+    peak = cfg.hardware.peak_flops_bf16 if t.precision == "bf16" else cfg.hardware.peak_flops_fp32
+    throughput = ThroughputModel(t.global_batch_size * t.seq_length, world,
+                                 flops_per_token(cfg.model, t.seq_length, vocab), peak)
+    reporting = rank == world - 1  # a rank of the last pipeline stage, where the loss is
+    writer = MetricsWriter(run_dir, t.iters, t.log_interval) if reporting else None
+    if reporting:
+        print(f"[mixexp] {cfg.model.name} on {layout.name} (world {world}, {cfg.hardware.name}): "
+              f"{int(local_params.item()):,} parameters on the largest rank; {t.iters} steps of "
+              f"{t.global_batch_size}x{t.seq_length} tokens", flush=True)
+
+    for step in range(1, t.iters + 1):
+        start = time.perf_counter()
+        result = trainer.step(step - 1)
+        step_time = time.perf_counter() - start
+        memory = torch.tensor([_memory_gb(device)], dtype=torch.float64)
+        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        if reporting:
+            row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                   **throughput.step_metrics(step_time), "memory_gb": memory.item()}
+            writer.write(row)
+
+    if reporting:
+        writer.close()
+        write_summary(run_dir, status="ok", layout=layout.as_dict(), world_size=world,
+                      params_total=params_total(cfg.model, vocab),
+                      params_per_rank_max=int(local_params.item()),
+                      **summarize(writer.rows, t.warmup_steps))
+    dist.barrier()
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def main(argv: list[str]) -> int:
+    run_dir = Path(argv[0])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    cfg = OmegaConf.load(run_dir / WORKER_CONFIG)
+    try:
+        run(cfg, run_dir, rank, world)
+    except BaseException as exc:
+        errors = run_dir / "errors"
+        errors.mkdir(exist_ok=True)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else traceback.format_exc().splitlines()[-2].strip()
+        message = f"rank {rank}: {type(exc).__name__}: {detail}"
+        (errors / f"rank{rank}.txt").write_text(message + "\n\n" + traceback.format_exc())
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
