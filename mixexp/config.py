@@ -149,6 +149,16 @@ class TrainSettings:
 
 
 @dataclass
+class EngineConfig:
+    # native: mixexp's own loop over megatron-core. megatron_lm: a team's own
+    # Megatron-LM / MindSpeed-LLM checkout's pretrain_gpt.py with rendered arguments.
+    name: str = "native"
+    path: Optional[str] = None
+    entrypoint: str = "pretrain_gpt.py"
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RootConfig:
     model: ModelConfig = MISSING
     parallel: ParallelConfig = MISSING
@@ -158,6 +168,7 @@ class RootConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def register_configs() -> None:
@@ -171,6 +182,7 @@ def register_configs() -> None:
     cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
     cs.store(group="optim", name="optim_schema", node=OptimConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(group="engine", name="engine_schema", node=EngineConfig)
 
 
 register_configs()

@@ -104,9 +104,12 @@ def build_chunk(cfg, config: TransformerConfig, vp_stage: int | None, pre_proces
     )
 
 
-def build_model_chunks(cfg, layout: Layout) -> list[GPTModel]:
-    """This rank's model: one GPTModel per virtual pipeline stage."""
+def build_model_chunks(cfg, layout: Layout, meta: bool = False) -> list[GPTModel]:
+    """This rank's model: one GPTModel per virtual pipeline stage (on the meta device: shapes only)."""
     config = transformer_config(cfg, layout)
+    if meta:
+        config.use_cpu_initialization = True
+        config.perform_initialization = False
     chunks = []
     stages = range(layout.vpp) if layout.vpp > 1 else [None]
     for vp_stage in stages:

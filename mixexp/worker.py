@@ -43,7 +43,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     layout = validate(cfg)
     _quiet_known_warnings()
     device = cfg.hardware.device
-    devices.prepare(device, list(cfg.get("megatron_argv") or []))
+    devices.prepare(device, cfg)
 
     import torch
     import torch.distributed as dist

@@ -15,8 +15,9 @@ def _module(device: str):
     return importlib.import_module(f"mixexp.devices.{device}")
 
 
-def prepare(device: str, megatron_argv: list[str] | None = None) -> None:
-    _module(device).prepare(megatron_argv)
+def prepare(device: str, cfg) -> None:
+    """Patch torch for `device` given the run's resolved config (NPU renders Megatron argv from it)."""
+    _module(device).prepare(cfg)
 
 
 def finish(device: str) -> None:

@@ -22,6 +22,7 @@ _FACTORIES = (
     "randn_like", "empty_strided", "linspace", "eye", "tril_indices", "triu_indices",
 )
 _applied = False
+_target = "cpu"  # "meta" in dry runs: nothing is allocated
 
 
 def _is_accelerator(device) -> bool:
@@ -33,7 +34,7 @@ def _is_accelerator(device) -> bool:
 
 
 def _map_device(device):
-    return "cpu" if _is_accelerator(device) else device
+    return _target if _is_accelerator(device) else device
 
 
 def _redirect_device_kwarg(fn):
@@ -49,7 +50,7 @@ def _tensor_to(original):
     @functools.wraps(original)
     def to(self, *args, **kwargs):
         if args and _is_accelerator(args[0]):
-            args = ("cpu",) + args[1:]
+            args = (_target,) + args[1:]
         if "device" in kwargs:
             kwargs["device"] = _map_device(kwargs["device"])
         return original(self, *args, **kwargs)
@@ -116,9 +117,10 @@ def _noop():
     return lambda *args, **kwargs: None
 
 
-def prepare(megatron_argv=None) -> None:
-    """Patch torch so CUDA placements land on the CPU. Idempotent."""
-    global _applied
+def prepare(cfg=None, target: str = "cpu") -> None:
+    """Patch torch so CUDA placements land on `target` (cpu, or meta for dry runs). Idempotent."""
+    global _applied, _target
+    _target = target
     if _applied:
         return
     _applied = True

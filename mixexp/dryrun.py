@@ -1,0 +1,98 @@
+"""Dry run: the exact parameters of the busiest rank, without devices or a cluster.
+
+Each rank's model is built on the meta device (no memory) inside a fake
+process group that pretends to be that rank of the full world, so
+megatron-core lays out exactly the shards it would on the cluster. Only one
+rank per pipeline stage is built: within a stage every rank holds the same
+number of parameters (tp, cp, dp and ep shards are equal).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mixexp.layout import Layout
+
+
+def stage_parameter_counts(cfg, layout: Layout) -> list[int]:
+    """Parameters held by a rank of each pipeline stage, first to last."""
+    from mixexp.devices import cpu
+
+    cpu.prepare(target="meta")
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from mixexp.model import build_model_chunks, count_parameters
+
+    counts = []
+    ranks_per_stage = layout.world_size // layout.pp
+    for stage in range(layout.pp):
+        dist.init_process_group("fake", rank=stage * ranks_per_stage, world_size=layout.world_size, store=FakeStore())
+        try:
+            parallel_state.initialize_model_parallel(
+                tensor_model_parallel_size=layout.tp,
+                pipeline_model_parallel_size=layout.pp,
+                virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+                context_parallel_size=layout.cp,
+                expert_model_parallel_size=layout.ep,
+                expert_tensor_parallel_size=layout.etp,
+                create_gloo_process_groups=False,
+            )
+            with torch.device("meta"):
+                chunks = build_model_chunks(cfg, layout, meta=True)
+            counts.append(count_parameters(chunks))
+        finally:
+            parallel_state.destroy_model_parallel()
+            dist.destroy_process_group()
+    return counts
+
+
+def dry_run(cfg, layout: Layout, run_dir: Path) -> dict:
+    from mixexp.flops import params_total
+    from mixexp.memory import estimate_memory
+    from mixexp.model import padded_vocab_size
+    from mixexp.report import write_summary
+
+    counts = stage_parameter_counts(cfg, layout)
+    busiest = max(range(len(counts)), key=counts.__getitem__)
+    memory = estimate_memory(cfg, layout, counts[busiest], stage=busiest)
+    summary = write_summary(run_dir, status="dry_run", layout=layout.as_dict(), world_size=layout.world_size,
+                            params_total=params_total(cfg.model, padded_vocab_size(cfg)),
+                            params_per_rank_max=counts[busiest], peak_memory_gb=memory["total_gb"])
+    fits = memory["total_gb"] <= cfg.hardware.memory_gb
+    print(f"[dry run] {cfg.model.name} on {layout.name} (world {layout.world_size}): "
+          f"{summary['params_total']:,} parameters, at most {counts[busiest]:,} per rank (pipeline stage {busiest}); "
+          f"estimated {memory['total_gb']:.1f} GB per device of {cfg.hardware.memory_gb} GB"
+          f" ({'fits' if fits else 'does NOT fit'})", flush=True)
+    return summary
+
+
+def dry_run_in_subprocess(cfg, layout: Layout, run_dir: Path) -> dict:
+    """Keeps torch and megatron-core (and their process-global state) out of the Hydra job process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "dry_run_config.yaml"
+    OmegaConf.save(cfg, path, resolve=True)
+    code = subprocess.call([sys.executable, "-m", "mixexp.dryrun", str(path), str(run_dir)])
+    summary_path = run_dir / "summary.json"
+    if code != 0 or not summary_path.exists():
+        from mixexp.report import write_summary
+        return write_summary(run_dir, status="failed", error=f"dry run exited with code {code}",
+                             layout=layout.as_dict(), world_size=layout.world_size)
+    return json.loads(summary_path.read_text())
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from mixexp.layout import validate
+
+    config = OmegaConf.load(sys.argv[1])
+    dry_run(config, validate(config), Path(sys.argv[2]))
