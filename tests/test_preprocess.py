@@ -412,3 +412,68 @@ def test_ensure_preprocessed_reuses_outputs(tmp_path):
     _jsonl(src, [{"text": "Hello world"}, {"text": "again"}])
     os.utime(src, ns=(1, 1))
     assert ensure_preprocessed(str(src), str(tmp_path / "c"))["documents"] == 2
+
+
+def test_interrupted_run_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
+    import mixexp.data.preprocess as pp
+    from mixexp.data import indexed
+
+    monkeypatch.setattr(pp, "CHUNK_BYTES", 256)
+    src = _jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS * 50])
+    calls = []
+    real = indexed.IndexedWriter.add_documents
+
+    def interrupted(self, tokens, lengths):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, tokens, lengths)
+
+    monkeypatch.setattr(indexed.IndexedWriter, "add_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, str(tmp_path / "out"), workers=2, chunk_rows=10, handler="pretrain")
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+
+
+def test_json_array_streams_across_small_blocks(tmp_path, monkeypatch, tok):
+    import mixexp.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "CHUNK_BYTES", 7)  # objects, strings and numbers split between reads
+    rows = [{"text": t, "n": 12345678901234} for t in TEXTS] + [{"text": "Hello world", "n": 1.5e300}]
+    src = tmp_path / "a.json"
+    src.write_text("\ufeff [\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n]\n", encoding="utf-8")
+    report = _run(str(src), str(tmp_path / "o"), chunk_rows=2)
+    assert _docs(str(tmp_path / "o_text_document")) == [[1] + tok.encode(r["text"]) + [2] for r in rows]
+    assert report["rows"] == 5
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"text": "a"}, {"text": "b"')
+    assert _error(str(broken), str(tmp_path / "o")) == (
+        f"{broken}: invalid JSON in element 2: Expecting ',' delimiter"
+    )
+    not_array = tmp_path / "scalar.json"
+    not_array.write_text('"just a string"')
+    assert _error(str(not_array), str(tmp_path / "o")) == (
+        f"{not_array}: line 1: not a JSON object (a string){' (skip_bad_rows=true skips bad rows)'}"
+    )
+
+
+def test_hf_tokenizer_end_to_end(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4}
+    hf = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    src = _jsonl(tmp_path / "in.jsonl", [{"text": "hello world"}, {"text": "world mars"}])
+    report = _run(src, str(tmp_path / "o"), tokenizer_kind="hf", tokenizer_path=str(tmp_path / "tokenizer.json"))
+    assert _docs(str(tmp_path / "o_text_document")) == [[1, 3, 4, 2], [1, 4, 0, 2]]
+    assert report["tokenizer"]["vocab_size"] == 5 and report["dtype"] == {"text": "uint16"}
+    bare = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "hello": 1}, unk_token="<unk>"))
+    bare.pre_tokenizer = pre_tokenizers.Whitespace()
+    bare.save(str(tmp_path / "bare.json"))
+    assert _error(src, str(tmp_path / "b"), tokenizer_kind="hf", tokenizer_path=str(tmp_path / "bare.json")) == (
+        f"tokenizer {tmp_path / 'bare.json'} has no BOS token; set add_bos=false"
+    )
+    _run(src, str(tmp_path / "b"), tokenizer_kind="hf", tokenizer_path=str(tmp_path / "bare.json"),
+         add_bos=False, append_eod=False)
+    assert _docs(str(tmp_path / "b_text_document")) == [[1, 0], [0, 0]]

@@ -51,6 +51,16 @@ def test_main_from_composed_config(tmp_path, capsys):
     assert main(cfg) == 2
     err = capsys.readouterr().err
     assert err == f"preprocess: error: column 'text' not found in {src}; columns: 'question', 'answer'\n"
+    # shorthands: handler=NAME, tokenizer=KIND or a model path
+    from mixexp.data.tokenizers import mixtral_model_path
+
+    cfg = _compose(f"input={src}", f"output_prefix={tmp_path / 'short'}", "handler=alpaca",
+                   f"tokenizer={mixtral_model_path()}", "show_progress=false")
+    assert cfg.handler == "alpaca" and cfg.tokenizer == mixtral_model_path()
+    assert main(cfg) == 2  # alpaca without a column mapping: instruction is missing
+    assert capsys.readouterr().err == (
+        f"preprocess: error: column 'instruction' not found in {src}; columns: 'question', 'answer'\n"
+    )
     assert main(_compose()) == 2
     assert capsys.readouterr().err == (
         "preprocess: error: input is required: python preprocess.py input=PATH output_prefix=PREFIX\n"

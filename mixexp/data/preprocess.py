@@ -102,7 +102,7 @@ def discover_inputs(input_path: str) -> list[tuple[str, str]]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 fmt = _format_of(name)
-                if fmt and not name.startswith("."):
+                if fmt and not name.startswith(".") and not name.endswith(".preprocess.json"):
                     found.append((os.path.join(root, name), fmt))
         if not found:
             raise PreprocessError(
@@ -464,6 +464,8 @@ def _type_name(value: Any) -> str:
         return "an object"
     if isinstance(value, bytes):
         return "bytes"
+    if isinstance(value, str):
+        return "a string"
     return type(value).__name__
 
 
@@ -669,10 +671,9 @@ class _Progress:
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=12),
             TaskProgressColumn(),
-            TextColumn("{task.fields[rows]:>10,} rows  {task.fields[rps]:>8,.0f} rows/s  "
-                       "{task.fields[tps]:>10,.0f} tokens/s"),
+            TextColumn("{task.fields[rows]:,} rows · {task.fields[rps]:,.0f} rows/s · {task.fields[tps]:,.0f} tokens/s"),
             TimeElapsedColumn(),
             console=Console(stderr=True),
             transient=False,
@@ -739,6 +740,7 @@ def preprocess(
         raise PreprocessError("pack=true is for instruction handlers (alpaca); pretraining data is not packed")
     if pack and not seq_length:
         raise PreprocessError("pack=true needs seq_length (e.g. seq_length=4096)")
+    files = discover_inputs(input_path)
     try:
         tokenizer = load_tokenizer(tokenizer_kind, tokenizer_path)
         token_dtype = indexed.optimal_dtype(tokenizer.vocab_size)
@@ -758,7 +760,6 @@ def preprocess(
         raise PreprocessError(f"tokenizer {tokenizer.path} has no BOS token; set add_bos=false")
     if append_eod and tokenizer.eos_id is None:
         raise PreprocessError(f"tokenizer {tokenizer.path} has no EOS token; set append_eod=false")
-    files = discover_inputs(input_path)
 
     prefixes = output_prefixes(output_prefix, handler, spec.json_keys)
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
@@ -767,30 +768,29 @@ def preprocess(
     except OSError as exc:
         raise PreprocessError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
     dtypes = {k: (token_dtype if handler == "pretrain" else np.dtype(np.int32)) for k in prefixes}
-    writers: dict[str, indexed.IndexedWriter] = {}
-    try:
-        for key, prefix in prefixes.items():
-            writers[key] = indexed.IndexedWriter(prefix, dtypes[key])
-    except OSError as exc:
-        for w in writers.values():
-            w.discard()
-        raise PreprocessError(f"cannot write output {output_prefix}: {exc.strerror or exc}") from None
-
     packer = H.SequencePacker(seq_length, tokenizer.pad_id) if pack else None
     stats: dict = {}
     totals = collections.Counter()
     reasons: collections.Counter = collections.Counter()
     examples: list[str] = []
     total_units = float(sum(os.path.getsize(p) for p, _ in files))
-    progress = _Progress(show_progress, total_units, f"tokenizing {os.path.basename(input_path.rstrip(os.sep)) or input_path}")
-    completed = False
     initargs = (spec, tokenizer_kind, tokenizer_path, skip_bad_rows)
+    writers: dict[str, indexed.IndexedWriter] = {}
+    progress = _Progress(False, 0, "")
+    completed = False
     pool = None
     try:
+        # Workers first: forked before any output file is open or progress thread runs.
         if workers <= 1:
             _init_worker(*initargs, tokenizer=tokenizer, in_process=True)
         else:
             pool = _start_pool(workers, initargs)
+        try:
+            for key, prefix in prefixes.items():
+                writers[key] = indexed.IndexedWriter(prefix, dtypes[key])
+        except OSError as exc:
+            raise PreprocessError(f"cannot write output {output_prefix}: {exc.strerror or exc}") from None
+        progress = _Progress(show_progress, total_units, "tokenizing")
         chunks = _iter_chunks(files, spec, skip_bad_rows, int(chunk_rows), stats)
         for res in _run_ordered(chunks, pool):
             if res.error:
@@ -916,7 +916,11 @@ def preprocess_from_config(cfg: Any) -> dict:
     if not input_path:
         raise PreprocessError("input is required: python preprocess.py input=PATH output_prefix=PREFIX")
     handler_cfg = _plain(get("handler")) or {}
+    if isinstance(handler_cfg, str):  # handler=alpaca: shorthand for preprocess_handler=alpaca
+        handler_cfg = {"name": handler_cfg}
     tok_cfg = _plain(get("tokenizer")) or {}
+    if isinstance(tok_cfg, str):  # tokenizer=hf, or tokenizer=/path/tokenizer.model|tokenizer.json
+        tok_cfg = _tokenizer_shorthand(tok_cfg)
     json_keys = handler_cfg.get("json_keys") or ["text"]
     return preprocess(
         input_path,
@@ -937,6 +941,16 @@ def preprocess_from_config(cfg: Any) -> dict:
     )
 
 
+def _tokenizer_shorthand(value: str) -> dict:
+    from mixexp.data.tokenizers import KINDS
+
+    if value in KINDS:
+        return {"kind": value, "path": None}
+    if value.endswith(".json") or os.path.isdir(value):
+        return {"kind": "hf", "path": value}
+    return {"kind": "sentencepiece", "path": value}
+
+
 def _plain(node: Any) -> Any:
     if node is None:
         return None
@@ -952,6 +966,14 @@ def _plain(node: Any) -> Any:
 
 def main(cfg: Any) -> int:
     """CLI body: run, print the report; one line on stderr and exit code 2 on bad input."""
+
+    def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C: temporary files are removed
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        pass
     try:
         report = preprocess_from_config(cfg)
     except PreprocessError as exc:
