@@ -58,6 +58,15 @@ def run_job(cfg) -> int:
 def _hydra_error_line(captured: str) -> str:
     """Hydra explains a bad override over several lines; keep the one that names the problem."""
     lines = [ln.strip() for ln in captured.splitlines() if ln.strip()]
+    if lines and "Could not find" in lines[0] and any(ln.startswith("Available options") for ln in lines):
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("Available options")) + 1
+        names = []
+        for ln in lines[start:]:
+            if " " in ln or ":" in ln:  # the option list ends where Hydra's search path starts
+                break
+            if not ln.endswith("_schema"):
+                names.append(ln)
+        return f"{lines[0]} (available: {', '.join(names)})"
     lines = [ln for ln in lines if not ln.startswith("Set the environment variable HYDRA_FULL_ERROR")]
     for ln in lines:
         if any(word in ln for word in ("not in", "Could not", "Error", "error", "Invalid", "Value '")):

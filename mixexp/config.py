@@ -146,6 +146,11 @@ class TrainSettings:
     warmup_steps: int = 2
     # Timeout of every collective; a hung peer fails the job instead of waiting forever.
     collective_timeout_s: int = 120
+    # Fault injection, to check that a failing rank ends the whole job: rank `fault_rank`
+    # raises (fault=raise) or stops answering (fault=hang) at step `fault_step`.
+    fault: Optional[str] = None
+    fault_rank: int = 0
+    fault_step: int = 1
 
 
 @dataclass

@@ -8,6 +8,7 @@ is imported, so a bad layout is answered at once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,8 +61,8 @@ class Layout:
             raise LayoutError(f"parallel.etp={etp} must be at least 1")
         model_parallel = p.tp * p.pp * p.cp
         world = world_size(cfg)
-        if world is None:
-            dp = p.dp or 1
+        if world is None:  # CPU: the layout decides; experts fold over tp*cp*dp, so dp may need to grow
+            dp = p.dp or (p.ep * etp) // math.gcd(p.tp * p.cp, p.ep * etp)
         elif p.dp is None:
             if world % model_parallel:
                 raise LayoutError(

@@ -1,9 +1,9 @@
 """One training step over megatron-core: DDP, its optimizer, its LR schedule, its pipeline schedules.
 
-Losses are per token (`calculate_per_token_loss`): each micro-batch returns
-its summed loss and token count, and Megatron divides gradients by the token
-count of the whole global batch. That makes every layout (any dp, cp or
-micro-batch split) optimize exactly the same objective.
+Each micro-batch returns its summed loss and token count; Megatron turns that
+into the micro-batch's token mean, averaged over micro-batches and data-parallel
+(and context-parallel) ranks, so every layout optimizes the same objective. The
+reported loss is the token mean over the whole global batch.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def build_optimizer(model, cfg):
 
 
 def _loss(loss_mask, output_tensor):
-    """Summed loss and token count of one micro-batch (Megatron's per-token loss contract)."""
+    """Summed loss, token count and a report of one micro-batch (Megatron's 3-tuple loss contract)."""
     losses = output_tensor.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(losses * mask)

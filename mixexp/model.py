@@ -65,13 +65,19 @@ def transformer_config(cfg, layout: Layout) -> TransformerConfig:
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         bf16=bf16,
-        calculate_per_token_loss=True,
+        # Megatron's default: each micro-batch's loss is its token mean, averaged over micro-batches
+        # and data-parallel ranks. (Per-token scaling mis-scales the MoE aux-loss gradient under
+        # sequence or context parallelism in megatron-core 0.16, so layouts would train differently.)
+        calculate_per_token_loss=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         deallocate_pipeline_outputs=True,
+        # With pp=2 the previous and next stage are one peer; gloo matches untagged batched
+        # sends in posting order, so forward and backward tensors could swap. Ordered P2P is exact.
+        batch_p2p_comm=cfg.hardware.backend != "gloo",
         **recompute[t.recompute],
     )
 

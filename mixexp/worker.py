@@ -39,6 +39,14 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _inject_fault(cfg, rank: int, step: int) -> None:
+    t = cfg.train
+    if t.fault and rank == t.fault_rank and step == t.fault_step:
+        if t.fault == "raise":
+            raise RuntimeError(f"injected fault at step {step}")
+        time.sleep(10 * t.collective_timeout_s + 600)  # "hang": peers must time out
+
+
 def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     layout = validate(cfg)
     _quiet_known_warnings()
@@ -101,6 +109,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
               f"{t.global_batch_size}x{t.seq_length} tokens", flush=True)
 
     for step in range(1, t.iters + 1):
+        _inject_fault(cfg, rank, step)
         start = time.perf_counter()
         result = trainer.step(step - 1)
         step_time = time.perf_counter() - start

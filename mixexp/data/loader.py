@@ -17,10 +17,12 @@ from mixexp.ring_attention import local_chunk_indices
 class _TokenizerInfo:
     """What megatron's GPTDataset asks of a tokenizer."""
 
-    def __init__(self, vocab_size: int, eod: int):
+    def __init__(self, name: str, vocab_size: int, eod: int):
         self.vocab_size = vocab_size
         self.eod = eod
         self.pad = -1  # no padding token: Mixtral has none, and eod must not be masked as padding
+        # Part of the key of megatron's cached sample indices.
+        self.unique_identifiers = {"class": "mixexp", "tokenizer": name, "vocab_size": vocab_size, "eod": eod}
 
 
 class SyntheticDataset(torch.utils.data.Dataset):
@@ -61,7 +63,7 @@ def _gpt_dataset(cfg, prefix: str, num_samples: int):
         sequence_length=cfg.train.seq_length,
         blend=([prefix], None),
         split=cfg.data.split,
-        tokenizer=_TokenizerInfo(tokenizer.vocab_size, tokenizer.eod_id),
+        tokenizer=_TokenizerInfo(cfg.data.tokenizer, tokenizer.vocab_size, tokenizer.eod_id),
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,

@@ -42,6 +42,7 @@ def _redirect_device_kwarg(fn):
     def wrapper(*args, **kwargs):
         if "device" in kwargs:
             kwargs["device"] = _map_device(kwargs["device"])
+        kwargs.pop("pin_memory", None)  # pinned memory exists only beside an accelerator
         return fn(*args, **kwargs)
     return wrapper
 
@@ -126,6 +127,8 @@ def prepare(cfg=None, target: str = "cpu") -> None:
     _applied = True
     for name in _FACTORIES:
         setattr(torch, name, _redirect_device_kwarg(getattr(torch, name)))
+    for name in ("new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"):
+        setattr(torch.Tensor, name, _redirect_device_kwarg(getattr(torch.Tensor, name)))
     torch.Tensor.to = _tensor_to(torch.Tensor.to)
     torch.Tensor.cuda = lambda self, *a, **k: self
     torch.Tensor.type = _tensor_type(torch.Tensor.type)
@@ -182,6 +185,40 @@ def finish() -> None:
         return all_to_all(group, input_, as_list(output_split_sizes_), as_list(input_split_sizes))
 
     token_dispatcher.all_to_all = all_to_all_lists
+    _patch_uneven_collectives()
+
+
+def _patch_uneven_collectives() -> None:
+    """gloo gathers and reduce-scatters equal sizes only; pad the uneven ones MoE's dispatcher sends."""
+    import torch.distributed as dist
+    from megatron.core.tensor_parallel import mappings
+
+    gather, reduce_scatter = mappings._gather_along_first_dim, mappings._reduce_scatter_along_first_dim
+
+    def padded(t: torch.Tensor, rows: int) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))]) if t.shape[0] < rows else t
+
+    def gather_uneven(input_, group, output_split_sizes=None, use_global_buffer=False):
+        if output_split_sizes is None or group.size() == 1:
+            return gather(input_, group, output_split_sizes, use_global_buffer)
+        sizes = [int(s) for s in output_split_sizes]
+        rows = max(sizes)
+        out = input_.new_empty((rows * len(sizes),) + tuple(input_.shape[1:]))
+        dist.all_gather_into_tensor(out, padded(input_.contiguous(), rows), group=group)
+        return torch.cat([out[i * rows:i * rows + n] for i, n in enumerate(sizes)])
+
+    def reduce_scatter_uneven(input_, group, input_split_sizes=None, use_global_buffer=False):
+        if input_split_sizes is None or group.size() == 1:
+            return reduce_scatter(input_, group, input_split_sizes, use_global_buffer)
+        sizes = [int(s) for s in input_split_sizes]
+        rows = max(sizes)
+        chunks = torch.split(input_, sizes, dim=0)
+        out = input_.new_empty((rows,) + tuple(input_.shape[1:]))
+        dist.reduce_scatter_tensor(out, torch.cat([padded(c, rows) for c in chunks]).contiguous(), group=group)
+        return out[: sizes[group.rank()]]
+
+    mappings._gather_along_first_dim = gather_uneven
+    mappings._reduce_scatter_along_first_dim = reduce_scatter_uneven
 
 
 def torch_device() -> torch.device:
