@@ -82,23 +82,40 @@ def transformer_config(cfg, layout: Layout) -> TransformerConfig:
     )
 
 
-def block_spec(config: TransformerConfig, vp_stage: int | None, pp_rank: int | None = None) -> TransformerBlockSubmodules:
-    """Megatron's local MoE layer spec with our RMSNorm and SDPA/ring core attention."""
-    layer = copy.deepcopy(get_gpt_layer_local_spec(num_experts=config.num_moe_experts, normalization="RMSNorm"))
+def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSpec, type]:
+    """(decoder layer spec, final norm). On CUDA with Transformer Engine installed: Megatron's TE spec.
+    Elsewhere: Megatron's local MoE spec with our RMSNorm and SDPA/ring core attention, with grouped-GEMM
+    experts on CUDA when the `grouped_gemm` package is installed (mixexp.devices.cuda decides)."""
+    grouped = False
+    if device == "cuda":
+        from mixexp.devices import cuda
+
+        te_spec = cuda.te_layer_spec(config)
+        if te_spec is not None:
+            return te_spec
+        grouped = cuda.spec_options()[1]
+    layer = copy.deepcopy(get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=grouped,
+                                                   normalization="RMSNorm"))
     sub = layer.submodules
     sub.input_layernorm = RMSNorm
     sub.pre_mlp_layernorm = RMSNorm
     sub.self_attention.submodules.core_attention = SDPACoreAttention
     sub.sharded_state_dict_keys_map = {}
+    return layer, RMSNorm
+
+
+def block_spec(config: TransformerConfig, vp_stage: int | None, pp_rank: int | None = None,
+               device: str = "cpu") -> TransformerBlockSubmodules:
+    layer, final_norm = layer_spec(config, device)
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
-    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=final_norm)
 
 
 def build_chunk(cfg, config: TransformerConfig, vp_stage: int | None, pre_process: bool, post_process: bool,
                 pp_rank: int | None = None) -> GPTModel:
     return GPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config, vp_stage, pp_rank),
+        transformer_layer_spec=block_spec(config, vp_stage, pp_rank, cfg.hardware.device),
         vocab_size=padded_vocab_size(cfg),
         max_sequence_length=cfg.train.seq_length,
         pre_process=pre_process,
