@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mixexp import cluster
 from mixexp.errors import ConfigError
 from mixexp.layout import Layout, validate
 
@@ -23,12 +24,30 @@ def nproc_per_node(cfg, layout: Layout) -> int:
     return layout.world_size // cfg.cluster.nnodes
 
 
-def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None) -> DictConfig:
+def run_identity(cfg, run_dir: Path) -> tuple[str | None, str]:
+    """(W&B group, run name): a sweep's jobs share a group named after the sweep."""
+    group, name = cfg.logger.group, run_dir.name
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and group is None:
+            from mixexp.wandb_logger import sweep_group
+            group = sweep_group(hydra_cfg.sweep.dir)
+    except ValueError:  # not inside a Hydra job (a test calling train() directly)
+        pass
+    return group, name
+
+
+def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None, run_dir: Path) -> DictConfig:
     """The resolved config the ranks read, with derived values filled in."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(resolved, False)
     resolved.cluster.devices_per_node = nproc_per_node(cfg, layout)
     resolved.data_prefix = data_prefix
+    resolved.run_group, resolved.run_name = run_identity(cfg, run_dir)
+    resolved.cluster.update(cluster.resolve(cfg.cluster))
     return resolved
 
 
@@ -53,7 +72,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from mixexp.launch import first_error, launch
 
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
-    code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))
+    code = launch(worker_config(cfg, layout, prefix, run_dir), run_dir, nproc_per_node(cfg, layout))
     summary_path = run_dir / "summary.json"
     if code == 0 and summary_path.exists():
         return json.loads(summary_path.read_text())

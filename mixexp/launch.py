@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -59,16 +60,9 @@ def worker_env(cfg, nproc_per_node: int) -> dict:
     return env
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Ask torchrun to stop its workers; kill the whole group if it does not in time."""
-    if proc.poll() is not None:
-        return
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
 
@@ -77,21 +71,32 @@ def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
     """Run the workers of this node; returns torchrun's exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / WORKER_CONFIG, resolve=True)
-    port = cfg.cluster.master_port or free_port()
-    proc = subprocess.Popen(torchrun_command(cfg, nproc_per_node, run_dir, port),
+    proc = subprocess.Popen(torchrun_command(cfg, nproc_per_node, run_dir, cfg.cluster.master_port or free_port()),
                             env=worker_env(cfg, nproc_per_node), start_new_session=True)
+    stop = {}  # the signal that asked us to stop, and when
 
-    def forward(signum, frame):
-        _stop(proc)
-        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+    def request_stop(signum, frame):
+        # Only signal here: waiting inside a handler would deadlock on Popen's wait lock.
+        stop.setdefault("signal", signum)
+        stop.setdefault("at", time.monotonic())
+        _signal_group(proc, signal.SIGTERM)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop and time.monotonic() - stop["at"] > GRACE_S:
+                    _signal_group(proc, signal.SIGKILL)
     finally:
-        _stop(proc)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _signal_group(proc, signal.SIGKILL)  # nothing of the job outlives the launcher
+    if stop:
+        raise KeyboardInterrupt if stop["signal"] == signal.SIGINT else SystemExit(128 + stop["signal"])
+    return code
 
 
 def first_error(run_dir: Path) -> str | None:

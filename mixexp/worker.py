@@ -39,6 +39,18 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _wandb(cfg, layout, world: int, run_dir: Path):
+    if cfg.logger.name != "wandb":
+        return None
+    from mixexp.wandb_logger import WandbLogger
+
+    lg = cfg.logger
+    return WandbLogger(project=lg.project, group=cfg.get("run_group"), name=cfg.get("run_name") or run_dir.name,
+                       config=OmegaConf.to_container(cfg, resolve=True),
+                       layout={**layout.as_dict(), "world_size": world}, run_dir=str(run_dir),
+                       mode=lg.mode, entity=lg.entity, tags=list(lg.tags))
+
+
 def _inject_fault(cfg, rank: int, step: int) -> None:
     t = cfg.train
     if t.fault and rank == t.fault_rank and step == t.fault_step:
@@ -103,6 +115,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
                                  flops_per_token(cfg.model, t.seq_length, vocab), peak)
     reporting = rank == world - 1  # a rank of the last pipeline stage, where the loss is
     writer = MetricsWriter(run_dir, t.iters, t.log_interval) if reporting else None
+    tracker = _wandb(cfg, layout, world, run_dir) if reporting else None
     if reporting:
         print(f"[mixexp] {cfg.model.name} on {layout.name} (world {world}, {cfg.hardware.name}): "
               f"{int(local_params.item()):,} parameters on the largest rank; {t.iters} steps of "
@@ -119,13 +132,17 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
             row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                    **throughput.step_metrics(step_time), "memory_gb": memory.item()}
             writer.write(row)
+            if tracker:
+                tracker.log_step(step, row)
 
     if reporting:
         writer.close()
-        write_summary(run_dir, status="ok", layout=layout.as_dict(), world_size=world,
-                      params_total=params_total(cfg.model, vocab),
-                      params_per_rank_max=int(local_params.item()),
-                      **summarize(writer.rows, t.warmup_steps))
+        summary = write_summary(run_dir, status="ok", layout=layout.as_dict(), world_size=world,
+                                params_total=params_total(cfg.model, vocab),
+                                params_per_rank_max=int(local_params.item()),
+                                **summarize(writer.rows, t.warmup_steps))
+        if tracker:
+            tracker.finish(summary, "ok")
     dist.barrier()
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
