@@ -477,3 +477,34 @@ def test_hf_tokenizer_end_to_end(tmp_path):
     _run(src, str(tmp_path / "b"), tokenizer_kind="hf", tokenizer_path=str(tmp_path / "bare.json"),
          add_bos=False, append_eod=False)
     assert _docs(str(tmp_path / "b_text_document")) == [[1, 0], [0, 0]]
+
+
+def test_megatron_gpt_dataset_trains_on_our_output(tmp_path, tok):
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    class _Tok:
+        vocab_size, eod, pad = tok.vocab_size, tok.eod_id, -1
+        unique_identifiers = {"class": "test", "vocab_size": tok.vocab_size}
+
+    src = _jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS * 10])
+    _run(src, str(tmp_path / "c"))
+    config = GPTDatasetConfig(
+        random_seed=1, sequence_length=16, blend=([str(tmp_path / "c_text_document")], None), split="100,0,0",
+        tokenizer=_Tok(), reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+        create_attention_mask=False, path_to_cache=str(tmp_path / "cache"),
+    )
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [20, 0, 0], lambda: True, config).build()
+    docs = [[1] + tok.encode(text) + [2] for text in TEXTS]
+
+    def inside_a_document(piece):
+        return any(d[j:j + len(piece)] == piece for d in docs for j in range(len(d)))
+
+    for i in range(5):
+        item = train[i]
+        tokens, labels = item["tokens"].tolist(), item["labels"].tolist()
+        assert tokens[1:] == labels[:-1]
+        window = tokens + labels[-1:]
+        cuts = [0] + [j + 1 for j, t in enumerate(window) if t == 2] + [len(window)]
+        pieces = [window[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+        assert pieces and all(inside_a_document(p) for p in pieces)

@@ -42,6 +42,17 @@ Bad input raises :class:`PreprocessError` with a one-line message; the
 
 :func:`ensure_preprocessed` runs :func:`preprocess` once and reuses the outputs
 while the input files and options are unchanged (for the training side).
+
+Command line (``preprocess.py`` at the repository root, ``conf/preprocess.yaml``)::
+
+    python preprocess.py input=PATH output_prefix=PREFIX [workers=2] [skip_bad_rows=true]
+        [preprocess_handler=alpaca | handler=alpaca] [handler.columns={output: answer}]
+        [preprocess_tokenizer=hf tokenizer.path=DIR | tokenizer=/path/tokenizer.model]
+        [pack=true seq_length=4096] [add_bos=false] [append_eod=false]
+
+Worker processes are forked (``MIXEXP_PREPROCESS_START_METHOD`` overrides) before
+any output is opened; each one tokenizes whole chunks of rows, and results are
+written in input order, so the bytes do not depend on ``workers``.
 """
 
 from __future__ import annotations
