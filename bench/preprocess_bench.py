@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +86,13 @@ def main() -> None:
     from mixexp.data.tokenizers import mixtral_model_path
 
     tmp = tempfile.mkdtemp(prefix="mixexp-bench-")
+    try:
+        run(args, tmp, preprocess, mixtral_model_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, tmp, preprocess, mixtral_model_path) -> None:
     src = os.path.join(tmp, "input.parquet")
     make_input(src, args.rows)
     best: dict[str, float] = {}
