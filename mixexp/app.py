@@ -6,13 +6,11 @@ bad configuration is answered before those imports cost anything.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from mixexp import cluster
-from mixexp.errors import ConfigError
 from mixexp.layout import Layout, validate
 
 
@@ -67,6 +65,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.train.dry_run:
         from mixexp.dryrun import dry_run_in_subprocess
         return dry_run_in_subprocess(cfg, layout, run_dir)
+    if cfg.engine.name == "megatron_lm":
+        from mixexp.engines.megatron_lm import run_megatron_lm
+        return run_megatron_lm(cfg, layout, run_dir)
+    if cfg.hardware.device == "npu":  # answer a missing install or a bad flag before launching
+        from mixexp.devices.npu import check_installation
+        from mixexp.megatron_args import render
+        check_installation()
+        render(cfg)
 
     from mixexp.data.prepare import prepare_data
     from mixexp.launch import first_error, launch

@@ -13,6 +13,8 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from mixexp.npu_config import NpuConfig
+
 
 @dataclass
 class ModelConfig:
@@ -89,6 +91,9 @@ class HardwareConfig:
     inter_node_bandwidth_gbps: float = MISSING  # GB/s per device
     # Fraction of peak a large GEMM-bound step reaches; used by the planner.
     compute_efficiency: float = 0.5
+    # GB per device outside the model (CPU: torch + megatron resident set; CUDA/NPU: context,
+    # workspaces); None: by device kind in mixexp.memory.
+    runtime_overhead_gb: Optional[float] = None
     bf16_supported: bool = True
 
 
@@ -174,6 +179,7 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    npu: NpuConfig = field(default_factory=NpuConfig)
 
 
 def register_configs() -> None:

@@ -62,7 +62,9 @@ def dry_run(cfg, layout: Layout, run_dir: Path) -> dict:
 
     counts = stage_parameter_counts(cfg, layout)
     busiest = max(range(len(counts)), key=counts.__getitem__)
-    memory = estimate_memory(cfg, layout, counts[busiest], stage=busiest)
+    # Peak memory is usually on stage 0 (most micro-batches in flight), parameters on the last.
+    memory = max((estimate_memory(cfg, layout, counts[stage], stage=stage) for stage in {0, len(counts) - 1}),
+                 key=lambda m: m["total_gb"])
     summary = write_summary(run_dir, status="dry_run", layout=layout.as_dict(), world_size=layout.world_size,
                             params_total=params_total(cfg.model, padded_vocab_size(cfg)),
                             params_per_rank_max=counts[busiest], peak_memory_gb=memory["total_gb"])

@@ -36,7 +36,7 @@ def iter_sharded_tensors(tree):
 
 
 def full_tensor(key: str, shape, seed: int, std: float, num_layers: int) -> torch.Tensor:
-    if key.endswith("norm.weight"):
+    if key.endswith(("norm.weight", "layer_norm_weight")):  # the latter: TE's fused norm+linear
         return torch.ones(shape)
     if key.endswith(".bias"):
         return torch.zeros(shape)

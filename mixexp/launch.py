@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -30,7 +30,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(cfg, nproc_per_node: int, run_dir: Path, master_port: int) -> list[str]:
+def torchrun_prefix(cfg, nproc_per_node: int, master_port: int) -> list[str]:
+    """`python -m torch.distributed.run ...` up to (not including) the program to run."""
     c = cfg.cluster
     return [
         sys.executable, "-m", "torch.distributed.run",
@@ -41,8 +42,11 @@ def torchrun_command(cfg, nproc_per_node: int, run_dir: Path, master_port: int) 
         f"--master-port={master_port}",
         "--max-restarts=0",
         "--monitor-interval=0.5",
-        "-m", "mixexp.worker", str(run_dir),
     ]
+
+
+def torchrun_command(cfg, nproc_per_node: int, run_dir: Path, master_port: int) -> list[str]:
+    return torchrun_prefix(cfg, nproc_per_node, master_port) + ["-m", "mixexp.worker", str(run_dir)]
 
 
 def worker_env(cfg, nproc_per_node: int) -> dict:
@@ -67,29 +71,34 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
-    """Run the workers of this node; returns torchrun's exit code."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / WORKER_CONFIG, resolve=True)
-    proc = subprocess.Popen(torchrun_command(cfg, nproc_per_node, run_dir, cfg.cluster.master_port or free_port()),
-                            env=worker_env(cfg, nproc_per_node), start_new_session=True)
-    stop = {}  # the signal that asked us to stop, and when
+def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None) -> int:
+    """Run `cmd` in its own session until it ends; returns its exit code.
+
+    SIGINT/SIGTERM to us become SIGTERM to the whole process group, and SIGKILL
+    after GRACE_S if it is still alive. With `on_line`, its output is read line
+    by line and handed over (stdout and stderr merged).
+    """
+    pipe = subprocess.PIPE if on_line else None
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=pipe,
+                            stderr=subprocess.STDOUT if on_line else None, text=True, errors="replace", bufsize=1)
+    stop = {}
 
     def request_stop(signum, frame):
         # Only signal here: waiting inside a handler would deadlock on Popen's wait lock.
-        stop.setdefault("signal", signum)
-        stop.setdefault("at", time.monotonic())
+        if stop:
+            return
+        stop["signal"] = signum
         _signal_group(proc, signal.SIGTERM)
+        killer = threading.Timer(GRACE_S, _signal_group, (proc, signal.SIGKILL))
+        killer.daemon = True
+        killer.start()
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                code = proc.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if stop and time.monotonic() - stop["at"] > GRACE_S:
-                    _signal_group(proc, signal.SIGKILL)
+        if on_line:
+            for line in proc.stdout:
+                on_line(line)
+        code = proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -97,6 +106,14 @@ def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
     if stop:
         raise KeyboardInterrupt if stop["signal"] == signal.SIGINT else SystemExit(128 + stop["signal"])
     return code
+
+
+def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
+    """Run the workers of this node; returns torchrun's exit code."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / WORKER_CONFIG, resolve=True)
+    port = cfg.cluster.master_port or free_port()
+    return supervise(torchrun_command(cfg, nproc_per_node, run_dir, port), worker_env(cfg, nproc_per_node))
 
 
 def first_error(run_dir: Path) -> str | None:

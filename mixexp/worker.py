@@ -97,7 +97,8 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
 
     chunks = build_model_chunks(cfg, layout)
     init_layout_independent(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
-    local_params = torch.tensor([count_parameters(chunks)], dtype=torch.float64)
+    on_device = devices.torch_device(device)  # NCCL and HCCL reduce device tensors only
+    local_params = torch.tensor([count_parameters(chunks)], dtype=torch.int64, device=on_device)
     dist.all_reduce(local_params, op=dist.ReduceOp.MAX)
     config = get_model_config(chunks[0])
     model = wrap_ddp(chunks, config, cfg)
@@ -106,7 +107,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     t = cfg.train
     dataset = build_dataset(cfg, cfg.get("data_prefix"), t.iters * t.global_batch_size)
     microbatches = MicroBatches(dataset, cfg, layout, parallel_state.get_data_parallel_rank(),
-                                parallel_state.get_context_parallel_rank())
+                                parallel_state.get_context_parallel_rank(), on_device)
     trainer = Trainer(model, optimizer, scheduler, config, cfg, microbatches)
 
     vocab = padded_vocab_size(cfg)
@@ -126,7 +127,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
         start = time.perf_counter()
         result = trainer.step(step - 1)
         step_time = time.perf_counter() - start
-        memory = torch.tensor([_memory_gb(device)], dtype=torch.float64)
+        memory = torch.tensor([_memory_gb(device)], dtype=torch.float64, device=on_device)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         if reporting:
             row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,

@@ -77,8 +77,9 @@ def _gpt_dataset(cfg, prefix: str, num_samples: int):
 class MicroBatches:
     """Yields this rank's micro-batches for one step after another."""
 
-    def __init__(self, dataset, cfg, layout, dp_rank: int, cp_rank: int):
+    def __init__(self, dataset, cfg, layout, dp_rank: int, cp_rank: int, device=None):
         t = cfg.train
+        self.device = device
         self.dataset, self.gbs, self.mbs = dataset, t.global_batch_size, t.micro_batch_size
         self.per_dp_rank = self.gbs // layout.dp
         self.dp_rank, self.cp_rank, self.cp = dp_rank, cp_rank, layout.cp
@@ -97,4 +98,6 @@ class MicroBatches:
                      for k in ("tokens", "labels", "loss_mask", "position_ids")}
             if self.cp_index is not None:
                 batch = {k: v[:, self.cp_index] for k, v in batch.items()}
+            if self.device is not None and self.device.type != "cpu":
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             yield batch

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -146,24 +144,21 @@ def padded_vocab_size(cfg) -> int:
 
 def command(cfg, layout: Layout, run_dir: Path, data_prefix: str | None, master_port: int) -> list[str]:
     """torchrun (as the native launcher runs it) + the checkout's script + its arguments."""
-    from mixexp.launch import torchrun_command
+    from mixexp.launch import torchrun_prefix
     from mixexp.megatron_args import io_args, render
 
     check_data(cfg)
     script = entrypoint(cfg.engine)
-    launcher = torchrun_command(cfg, nproc_per_node(cfg, layout), run_dir, master_port)
-    tail = ["-m", "mixexp.worker", str(run_dir)]
-    if launcher[-3:] != tail:
-        raise RuntimeError(f"unexpected torchrun command from mixexp.launch: {launcher}")
+    launcher = torchrun_prefix(cfg, nproc_per_node(cfg, layout), master_port)
     args = render(cfg) + io_args(cfg, data_prefix, save_dir=str(run_dir / "checkpoints"))
-    return launcher[:-3] + [str(script), *args, *[str(a) for a in cfg.engine.extra_args]]
+    return launcher + [str(script), *args, *[str(a) for a in cfg.engine.extra_args]]
 
 
 def run_megatron_lm(cfg, layout: Layout, run_dir: Path) -> dict:
     """Launch, tee and parse one run of the checkout's pretrain_gpt.py; returns summary.json's content."""
     from mixexp.data.prepare import prepare_data
     from mixexp.flops import flops_per_token, params_total
-    from mixexp.launch import _stop, free_port, worker_env
+    from mixexp.launch import free_port, supervise, worker_env
     from mixexp.metrics import summarize
     from mixexp.report import MetricsWriter, write_summary
 
@@ -192,29 +187,19 @@ def run_megatron_lm(cfg, layout: Layout, run_dir: Path) -> dict:
     print(f"[mixexp] engine=megatron_lm: {Path(cfg.engine.path) / cfg.engine.entrypoint} on {layout.name} (world {layout.world_size}); "
           f"log: {run_dir / LOG_NAME}", flush=True)
 
-    proc = subprocess.Popen(cmd, cwd=cfg.engine.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1, start_new_session=True)
+    with open(run_dir / LOG_NAME, "w") as log:
+        def on_line(line: str) -> None:
+            log.write(line)
+            log.flush()
+            sys.stdout.write(line)
+            row = parser.feed(line)
+            if row is not None:
+                writer.write(row)
 
-    def forward(signum, frame):
-        _stop(proc)
-        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with open(run_dir / LOG_NAME, "w") as log:
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()
-                sys.stdout.write(line)
-                row = parser.feed(line)
-                if row is not None:
-                    writer.write(row)
-        code = proc.wait()
-    finally:
-        _stop(proc)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        writer.close()
+        try:
+            code = supervise(cmd, env, cwd=cfg.engine.path, on_line=on_line)
+        finally:
+            writer.close()
 
     common = dict(layout=layout.as_dict(), world_size=layout.world_size,
                   params_total=params_total(cfg.model, vocab), params_per_rank_max=parser.params_per_rank_max)
