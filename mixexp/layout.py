@@ -40,8 +40,10 @@ class Layout:
 
     @property
     def name(self) -> str:
-        parts = [f"{k}{v}" for k, v in (("tp", self.tp), ("pp", self.pp), ("ep", self.ep),
-                                         ("cp", self.cp), ("dp", self.dp), ("vpp", self.vpp)) if v > 1]
+        degrees = (("tp", self.tp), ("pp", self.pp), ("ep", self.ep), ("cp", self.cp), ("dp", self.dp), ("vpp", self.vpp))
+        parts = [f"{k}{v}" for k, v in degrees if v > 1]
+        if self.etp != self.tp:  # expert tensor parallelism differs from Megatron's default (= tp)
+            parts.insert(parts.index(f"ep{self.ep}") + 1 if self.ep > 1 else len(parts), f"etp{self.etp}")
         return "_".join(parts) or "single"
 
     def as_dict(self) -> dict[str, int]:

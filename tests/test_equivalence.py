@@ -14,7 +14,8 @@ import yaml
 
 from conftest import read_jsonl, run_train
 
-LAYOUTS = ["single", "tp2", "pp2", "ep2", "ep2_allgather", "cp2", "dp2", "tp2_pp2", "tp2_ep2", "pp2_vpp2"]
+LAYOUTS = ["single", "tp2", "pp2", "ep2", "ep2_allgather", "cp2", "dp2", "tp2_pp2", "tp2_ep2", "tp2_ep2_etp1",
+           "pp2_vpp2"]
 STEPS = 5
 
 
@@ -39,7 +40,7 @@ def test_world_sizes(sweep):
     _, jobs = sweep
     worlds = {name: json.loads((job / "summary.json").read_text())["world_size"] for name, job in jobs.items()}
     assert worlds == {"single": 1, "tp2": 2, "pp2": 2, "ep2": 2, "ep2_allgather": 2, "cp2": 2, "dp2": 2,
-                      "tp2_pp2": 4, "tp2_ep2": 4, "pp2_vpp2": 2}
+                      "tp2_pp2": 4, "tp2_ep2": 4, "tp2_ep2_etp1": 2, "pp2_vpp2": 2}
 
 
 @pytest.mark.parametrize("layout", [name for name in LAYOUTS if name != "single"])

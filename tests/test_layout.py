@@ -81,3 +81,5 @@ def test_layout_name_and_summary_dict():
     layout = Layout(tp=8, etp=8, pp=2, cp=4)
     assert layout.name == "tp8_pp2_cp4"
     assert layout.as_dict() == {"tp": 8, "pp": 2, "ep": 1, "cp": 4, "dp": 1, "vpp": 1}
+    assert Layout(tp=2, etp=1, ep=8, dp=32).name == "tp2_ep8_etp1_dp32"
+    assert Layout(tp=2, etp=2, ep=2, dp=2).name == "tp2_ep2_dp2"
