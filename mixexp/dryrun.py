@@ -29,22 +29,14 @@ def stage_parameter_counts(cfg, layout: Layout) -> list[int]:
     from megatron.core import parallel_state
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from mixexp.model import build_model_chunks, count_parameters
+    from mixexp.model import build_model_chunks, count_parameters, init_parallel_state
 
     counts = []
     ranks_per_stage = layout.world_size // layout.pp
     for stage in range(layout.pp):
         dist.init_process_group("fake", rank=stage * ranks_per_stage, world_size=layout.world_size, store=FakeStore())
         try:
-            parallel_state.initialize_model_parallel(
-                tensor_model_parallel_size=layout.tp,
-                pipeline_model_parallel_size=layout.pp,
-                virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
-                context_parallel_size=layout.cp,
-                expert_model_parallel_size=layout.ep,
-                expert_tensor_parallel_size=layout.etp,
-                create_gloo_process_groups=False,
-            )
+            init_parallel_state(layout, create_gloo_process_groups=False)
             with torch.device("meta"):
                 chunks = build_model_chunks(cfg, layout, meta=True)
             counts.append(count_parameters(chunks))

@@ -23,6 +23,19 @@ from mixexp.layers import RMSNorm, SDPACoreAttention
 from mixexp.layout import Layout, sequence_parallel
 
 
+def init_parallel_state(layout: Layout, **options) -> None:
+    """megatron-core's process groups for `layout` (options pass through, e.g. timeouts)."""
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        context_parallel_size=layout.cp,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.etp,
+        **options,
+    )
+
+
 def padded_vocab_size(cfg) -> int:
     """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by * tp."""
     multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp

@@ -76,15 +76,9 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     from megatron.core.utils import get_model_config
 
     devices.finish(device)
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp,
-        pipeline_model_parallel_size=layout.pp,
-        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
-        context_parallel_size=layout.cp,
-        expert_model_parallel_size=layout.ep,
-        expert_tensor_parallel_size=layout.etp,
-        distributed_timeout_minutes=max(1, cfg.train.collective_timeout_s // 60),
-    )
+    from mixexp.model import init_parallel_state
+
+    init_parallel_state(layout, distributed_timeout_minutes=max(1, cfg.train.collective_timeout_s // 60))
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.train.seed)
 
     from mixexp.data.loader import MicroBatches, build_dataset
