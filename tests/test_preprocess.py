@@ -415,7 +415,7 @@ def test_ensure_preprocessed_reuses_outputs(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
-    import mixexp.data.preprocess as pp
+    import mixexp.data.readers as pp
     from mixexp.data import indexed
 
     monkeypatch.setattr(pp, "CHUNK_BYTES", 256)
@@ -436,7 +436,7 @@ def test_interrupted_run_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
 
 
 def test_json_array_streams_across_small_blocks(tmp_path, monkeypatch, tok):
-    import mixexp.data.preprocess as pp
+    import mixexp.data.readers as pp
 
     monkeypatch.setattr(pp, "CHUNK_BYTES", 7)  # objects, strings and numbers split between reads
     rows = [{"text": t, "n": 12345678901234} for t in TEXTS] + [{"text": "Hello world", "n": 1.5e300}]
