@@ -74,8 +74,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         check_installation()
         render(cfg)
 
+    from mixexp import ckpt_dirs
     from mixexp.data.prepare import prepare_data
     from mixexp.launch import first_error, launch
+
+    ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered before launching
 
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
     code = launch(worker_config(cfg, layout, prefix, run_dir), run_dir, nproc_per_node(cfg, layout))

@@ -159,6 +159,25 @@ class TrainSettings:
 
 
 @dataclass
+class CkptConfig:
+    # Save every N steps and at the last step; 0: no periodic saves (a preemption still saves).
+    save_interval: int = 0
+    # Where checkpoints go (iter_XXXXXXX/ and a `latest` pointer); None: <run_dir>/checkpoints.
+    dir: Optional[str] = None
+    # Start from: a checkpoint dir (iter_XXXXXXX/, a converted one, or a root with `latest`), or
+    # "auto" (= null): the newest under `dir`. A `latest` under `dir` always wins, so a relaunch resumes.
+    load: Optional[str] = None
+    # Load only the model weights (fresh optimizer, schedule and step): fine-tuning, continued pretraining.
+    finetune: bool = False
+    keep_last: int = 2
+    # On SIGTERM/SIGINT: finish the step, save, exit. The launcher kills what is left after this long.
+    save_on_preempt: bool = True
+    preempt_grace_s: int = 120
+    # Fault injection: the save at this step dies (SIGKILL) after writing its files, before committing.
+    fault_during_save: Optional[int] = None
+
+
+@dataclass
 class EngineConfig:
     # native: mixexp's own loop over megatron-core. megatron_lm: a team's own
     # Megatron-LM / MindSpeed-LLM checkout's pretrain_gpt.py with rendered arguments.
@@ -179,6 +198,7 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
     npu: NpuConfig = field(default_factory=NpuConfig)
 
 

@@ -4,12 +4,15 @@ torchrun runs as a child process in its own session, so the launcher never
 imports torch (start-up stays fast) and can stop the whole tree: SIGINT or
 SIGTERM to the launcher is forwarded to torchrun, which stops every worker;
 whatever is still alive after a grace period is killed with its process group.
+Workers that were asked to stop finish their step and save a checkpoint first
+(mixexp.worker.StopFlag); the grace period is cfg.ckpt.preempt_grace_s.
 torchrun's monitor ends the job as soon as one rank exits with an error.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ from omegaconf import OmegaConf
 from mixexp.worker import WORKER_CONFIG
 
 GRACE_S = 20
+TORCHRUN_MARGIN_S = 15  # torchrun's own teardown after its workers are gone
 
 
 def free_port() -> int:
@@ -71,11 +75,11 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None) -> int:
+def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, grace_s: float = GRACE_S) -> int:
     """Run `cmd` in its own session until it ends; returns its exit code.
 
     SIGINT/SIGTERM to us become SIGTERM to the whole process group, and SIGKILL
-    after GRACE_S if it is still alive. With `on_line`, its output is read line
+    after `grace_s` if it is still alive. With `on_line`, its output is read line
     by line and handed over (stdout and stderr merged).
     """
     pipe = subprocess.PIPE if on_line else None
@@ -89,7 +93,7 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None) -
             return
         stop["signal"] = signum
         _signal_group(proc, signal.SIGTERM)
-        killer = threading.Timer(GRACE_S, _signal_group, (proc, signal.SIGKILL))
+        killer = threading.Timer(grace_s, _signal_group, (proc, signal.SIGKILL))
         killer.daemon = True
         killer.start()
 
@@ -111,9 +115,15 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None) -
 def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
     """Run the workers of this node; returns torchrun's exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir / "errors", ignore_errors=True)  # a relaunch (resume) reports its own errors only
     OmegaConf.save(cfg, run_dir / WORKER_CONFIG, resolve=True)
     port = cfg.cluster.master_port or free_port()
-    return supervise(torchrun_command(cfg, nproc_per_node, run_dir, port), worker_env(cfg, nproc_per_node))
+    env = worker_env(cfg, nproc_per_node)
+    # A stop request lets the workers finish their step and save (cfg.ckpt.save_on_preempt): torchrun
+    # waits that long for them before killing, and we wait for torchrun a little longer.
+    grace = cfg.ckpt.preempt_grace_s
+    env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(grace)
+    return supervise(torchrun_command(cfg, nproc_per_node, run_dir, port), env, grace_s=grace + TORCHRUN_MARGIN_S)
 
 
 def first_error(run_dir: Path) -> str | None:

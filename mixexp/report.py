@@ -41,13 +41,22 @@ def console_line(row: dict, iters: int, eta_s: float | None) -> str:
 
 
 class MetricsWriter:
-    """Appends one JSON object per step; prints the console line every log_interval steps."""
+    """Writes one JSON object per step; prints the console line every log_interval steps."""
 
-    def __init__(self, run_dir, iters: int, log_interval: int):
+    def __init__(self, run_dir, iters: int, log_interval: int, keep_until: int = 0):
+        """keep_until: a run resumed from step k in its own run dir keeps its rows up to k."""
         self.path = Path(run_dir) / "metrics.jsonl"
+        kept = []
+        if keep_until and self.path.exists():
+            rows = (json.loads(line) for line in self.path.read_text().splitlines() if line.strip())
+            kept = [r for r in rows if r["step"] <= keep_until]
         self.file = open(self.path, "w")
         self.iters, self.log_interval = iters, log_interval
         self.rows: list[dict] = []
+        for row in kept:
+            self.rows.append(row)
+            self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
 
     def write(self, row: dict) -> None:
         self.rows.append(row)

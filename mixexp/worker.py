@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mixexp import devices
+from mixexp import ckpt_dirs, devices
 from mixexp.layout import validate
 
 WORKER_CONFIG = "worker_config.yaml"
@@ -59,8 +60,31 @@ def _inject_fault(cfg, rank: int, step: int) -> None:
         time.sleep(10 * t.collective_timeout_s + 600)  # "hang": peers must time out
 
 
+class StopFlag:
+    """SIGTERM (what SLURM sends before a time limit) or SIGINT sets a flag; the loop checks it after each
+    step, all ranks agree on it (any rank's flag counts), save a checkpoint together and exit cleanly.
+
+    A signal after a peer has failed (it wrote run_dir/errors/ before exiting) is torchrun stopping
+    the survivors, not a preemption: then the signal does what it does by default, at once.
+    """
+
+    def __init__(self, errors_dir: Path):
+        self.requested = False
+        self.errors_dir = errors_dir
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.errors_dir.is_dir() and any(self.errors_dir.iterdir()):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.requested = True
+
+
 def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     layout = validate(cfg)
+    # Installed first: a SIGTERM while the model is built still ends with a saved step.
+    stop = StopFlag(run_dir / "errors") if cfg.ckpt.save_on_preempt else None
     _quiet_known_warnings()
     device = cfg.hardware.device
     devices.prepare(device, cfg)
@@ -81,6 +105,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     init_parallel_state(layout, distributed_timeout_minutes=max(1, cfg.train.collective_timeout_s // 60))
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.train.seed)
 
+    from mixexp import checkpoint
     from mixexp.data.loader import MicroBatches, build_dataset
     from mixexp.flops import flops_per_token, params_total
     from mixexp.init_weights import init_layout_independent
@@ -90,13 +115,17 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     from mixexp.report import MetricsWriter, write_summary
 
     chunks = build_model_chunks(cfg, layout)
-    init_layout_independent(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
+    load_path, weights_only = ckpt_dirs.resolve(cfg.ckpt, run_dir)
+    if load_path is None:
+        init_layout_independent(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
     on_device = devices.torch_device(device)  # NCCL and HCCL reduce device tensors only
     local_params = torch.tensor([count_parameters(chunks)], dtype=torch.int64, device=on_device)
     dist.all_reduce(local_params, op=dist.ReduceOp.MAX)
     config = get_model_config(chunks[0])
     model = wrap_ddp(chunks, config, cfg)
     optimizer, scheduler = build_optimizer(model, cfg)
+    start = checkpoint.load(load_path, chunks, optimizer, scheduler, cfg, layout, weights_only) if load_path else 0
+    ckpt_root = ckpt_dirs.root_dir(cfg.ckpt, run_dir)
 
     t = cfg.train
     dataset = build_dataset(cfg, cfg.get("data_prefix"), t.iters * t.global_batch_size)
@@ -109,35 +138,51 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     throughput = ThroughputModel(t.global_batch_size * t.seq_length, world,
                                  flops_per_token(cfg.model, t.seq_length, vocab), peak)
     reporting = rank == world - 1  # a rank of the last pipeline stage, where the loss is
-    writer = MetricsWriter(run_dir, t.iters, t.log_interval) if reporting else None
+    writer = MetricsWriter(run_dir, t.iters, t.log_interval, keep_until=start) if reporting else None
     tracker = _wandb(cfg, layout, world, run_dir) if reporting else None
     if reporting:
         print(f"[mixexp] {cfg.model.name} on {layout.name} (world {world}, {cfg.hardware.name}): "
               f"{int(local_params.item()):,} parameters on the largest rank; {t.iters} steps of "
               f"{t.global_batch_size}x{t.seq_length} tokens", flush=True)
+        if load_path:
+            what = "weights of" if weights_only else f"step {start} from"
+            print(f"[mixexp] loaded {what} {load_path}", flush=True)
 
-    for step in range(1, t.iters + 1):
+    interval, preempted = cfg.ckpt.save_interval, False
+    for step in range(start + 1, t.iters + 1):
         _inject_fault(cfg, rank, step)
-        start = time.perf_counter()
+        begin = time.perf_counter()
         result = trainer.step(step - 1)
-        step_time = time.perf_counter() - start
-        memory = torch.tensor([_memory_gb(device)], dtype=torch.float64, device=on_device)
-        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        step_time = time.perf_counter() - begin
+        # One collective per step: the peak memory, and whether any rank was asked to stop.
+        shared = torch.tensor([_memory_gb(device), float(bool(stop and stop.requested))],
+                              dtype=torch.float64, device=on_device)
+        dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+        preempted = shared[1].item() > 0
         if reporting:
             row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                   **throughput.step_metrics(step_time), "memory_gb": memory.item()}
+                   **throughput.step_metrics(step_time), "memory_gb": shared[0].item()}
             writer.write(row)
             if tracker:
                 tracker.log_step(step, row)
+        if preempted or (interval and (step % interval == 0 or step == t.iters)):
+            path = checkpoint.save(ckpt_root, step, chunks, optimizer, scheduler, cfg, layout)
+            if reporting:
+                print(f"[mixexp] saved {path}", flush=True)
+        if preempted:
+            if reporting:
+                print(f"[mixexp] stopped by a signal after step {step}; relaunch with the same run dir "
+                      f"(or ckpt.load=auto) to resume", flush=True)
+            break
 
     if reporting:
         writer.close()
-        summary = write_summary(run_dir, status="ok", layout=layout.as_dict(), world_size=world,
-                                params_total=params_total(cfg.model, vocab),
+        summary = write_summary(run_dir, status="preempted" if preempted else "ok", layout=layout.as_dict(),
+                                world_size=world, params_total=params_total(cfg.model, vocab),
                                 params_per_rank_max=int(local_params.item()),
                                 **summarize(writer.rows, t.warmup_steps))
         if tracker:
-            tracker.finish(summary, "ok")
+            tracker.finish(summary, summary["status"])
     dist.barrier()
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()

@@ -1,0 +1,142 @@
+"""The checkpoint directory protocol: atomic commits, the `latest` pointer, pruning, what to load.
+
+A checkpoint root holds
+
+    iter_0000004/        a complete checkpoint (megatron-core dist_checkpointing files)
+    iter_0000006.tmp/    a save in progress, or one that died: never loaded, removed by the next save
+    latest               the name of the newest complete checkpoint ("iter_0000004")
+
+A save writes into `iter_N.tmp/`, renames it to `iter_N/` once every rank has
+written its shards, then replaces `latest` (write a temporary file, fsync,
+rename): a run killed at any moment leaves `latest` naming a complete
+checkpoint. Pure Python, no torch: the launcher validates `ckpt.load` with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from mixexp.errors import ConfigError
+
+LATEST = "latest"
+METADATA = "metadata.json"  # written by dist_checkpointing into every checkpoint
+_ITER = re.compile(r"^iter_(\d{7,})$")
+
+
+def iter_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def root_dir(ckpt_cfg, run_dir: Path) -> Path:
+    return Path(ckpt_cfg.dir) if ckpt_cfg.dir else Path(run_dir) / "checkpoints"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (Path(path) / METADATA).is_file()
+
+
+def latest(root: Path) -> Path | None:
+    """The checkpoint `latest` names, or None when there is none (yet)."""
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    if not is_checkpoint(path):
+        raise ConfigError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+    return path
+
+
+def resolve(ckpt_cfg, run_dir: Path) -> tuple[Path | None, bool]:
+    """(checkpoint to load or None, weights only?).
+
+    The run's own `latest` wins over `ckpt.load`: a relaunched (preempted) run resumes
+    where it stopped, also when it started by fine-tuning another checkpoint.
+    """
+    own = latest(root_dir(ckpt_cfg, run_dir))
+    if own is not None:
+        return own, False
+    load = ckpt_cfg.load
+    if load in (None, "auto"):
+        if ckpt_cfg.finetune:
+            raise ConfigError("ckpt.finetune=true needs ckpt.load=DIR (the checkpoint whose weights to start from)")
+        return None, False
+    path = Path(load)
+    if is_checkpoint(path):
+        return path, ckpt_cfg.finetune
+    if (path / LATEST).is_file():
+        return latest(path), ckpt_cfg.finetune
+    raise ConfigError(f"ckpt.load={load} is neither a checkpoint (no {METADATA}) nor a directory with a '{LATEST}' file")
+
+
+def begin(root: Path, step: int) -> Path:
+    """A fresh, empty `iter_N.tmp/` (a leftover of an interrupted save is removed)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{iter_name(step)}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(root: Path, tmp: Path, keep_last: int) -> Path:
+    """Make `tmp` the checkpoint `latest` names; then keep only the newest `keep_last` ones."""
+    root = Path(root)
+    final = root / tmp.name[: -len(".tmp")]
+    if final.exists():  # the same step saved again (e.g. a resumed run that saved at once)
+        stale = root / f"{final.name}.old"
+        shutil.rmtree(stale, ignore_errors=True)
+        final.rename(stale)
+    tmp.rename(final)
+    pointer_tmp = root / f".{LATEST}.tmp{os.getpid()}"
+    with open(pointer_tmp, "w") as f:
+        f.write(final.name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer_tmp, root / LATEST)
+    _fsync_dir(root)
+    prune(root, keep_last)
+    return final
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Remove complete checkpoints beyond the newest `keep_last`, and leftovers of earlier saves."""
+    root = Path(root)
+    current = latest(root)
+    for leftover in list(root.glob("iter_*.tmp")) + list(root.glob("iter_*.old")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last <= 0:
+        return
+    done = sorted((p for p in root.iterdir() if _ITER.match(p.name) and p.is_dir()), key=lambda p: p.name)
+    for old in done[:-keep_last]:
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def helper_process_init(parent_pid: int) -> None:
+    """Initializer of the checkpoint writer's helper process (see mixexp.checkpoint): it outlives a
+    stop request (SIGTERM/SIGINT), which must end with a save that needs it, and not its rank."""
+    import signal
+    import threading
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def exit_with_parent():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()

@@ -1,0 +1,142 @@
+"""Hugging Face Mixtral <-> mixexp checkpoints, with a tiny MixtralForCausalLM made by transformers.
+
+The tiny model has mixtral_tiny's shape (random weights, fp32, saved with save_pretrained, which
+writes the per-expert w1/w2/w3 layout of the published Mixtral checkpoints).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO, read_jsonl, run_train
+from mixexp import convert
+
+transformers = pytest.importorskip("transformers")
+
+
+def tensors(directory) -> dict:
+    out = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def run_convert(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mixexp.convert", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    config = transformers.MixtralConfig(
+        vocab_size=32000, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2, rope_theta=1e6,
+        max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(config).float().eval()
+    path = tmp_path_factory.mktemp("hf") / "tiny_mixtral"
+    model.save_pretrained(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def converted(hf_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mcore") / "tiny"
+    result = run_convert("hf_to_mcore", f"hf={hf_model[1]}", f"out={out}", "model=mixtral_tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_the_published_layout_is_what_we_convert(hf_model):
+    names = set(tensors(hf_model[1]))
+    assert "model.layers.3.block_sparse_moe.experts.7.w2.weight" in names and "lm_head.weight" in names
+    assert len(names) == 3 + 4 * (7 + 8 * 3)
+
+
+def test_logits_match_transformers(hf_model, converted, tmp_path):
+    model, _ = hf_model
+    tokens = torch.randint(0, 32000, (2, 64), generator=torch.Generator().manual_seed(1))
+    torch.save(tokens, tmp_path / "tokens.pt")
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "mcore_logits.py"), str(converted),
+                             str(tmp_path / "tokens.pt"), str(tmp_path / "ours.pt")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        reference = model(tokens).logits
+    ours = torch.load(tmp_path / "ours.pt")
+    assert ours.shape == reference.shape == (2, 64, 32000)
+    assert reference.abs().max() > 0.5  # not all near zero, so the comparison means something
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-4)
+
+
+def test_hf_to_mcore_to_hf_is_bitwise_identical(hf_model, converted, tmp_path):
+    result = run_convert("mcore_to_hf", f"ckpt={converted}", f"out={tmp_path / 'back'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    original, back = tensors(hf_model[1]), tensors(tmp_path / "back")
+    assert sorted(back) == sorted(original)
+    for name, tensor in original.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    assert json.loads((tmp_path / "back" / "config.json").read_text()) == \
+        json.loads((hf_model[1] / "config.json").read_text())
+    back_model = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "back")  # transformers reads it
+    assert torch.equal(back_model.lm_head.weight, hf_model[0].lm_head.weight)
+
+
+def edited_copy(src, dst, drop=(), add=None):
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        content = {k: v for k, v in load_file(f).items() if k not in drop}
+        save_file({**content, **(add or {})}, f, metadata={"format": "pt"})
+    return dst
+
+
+def test_a_missing_expert_tensor_is_named(hf_model, tmp_path):
+    name = "model.layers.2.block_sparse_moe.experts.5.w3.weight"
+    broken = edited_copy(hf_model[1], tmp_path / "broken", drop=[name])
+    with pytest.raises(convert.ConvertError, match=f"1 tensor\\(s\\) missing, e.g. {name.replace('.', '[.]')}$"):
+        convert.hf_to_mcore(broken, tmp_path / "out")
+    result = run_convert("hf_to_mcore", f"hf={broken}", f"out={tmp_path / 'out'}", timeout=60)
+    assert result.returncode == 2 and name in result.stderr.strip().splitlines()[-1]
+
+
+def test_an_unused_tensor_is_named(hf_model, tmp_path):
+    extra = "model.layers.1.block_sparse_moe.experts.8.w1.weight"  # a 9th expert the config does not have
+    broken = edited_copy(hf_model[1], tmp_path / "extra", add={extra: torch.zeros(256, 128)})
+    with pytest.raises(convert.ConvertError, match=f"unused by a Mixtral of this config, e.g. {extra}"):
+        convert.hf_to_mcore(broken, tmp_path / "out")
+
+
+def test_a_config_that_differs_from_model_is_refused(hf_model, tmp_path):
+    with pytest.raises(convert.ConvertError, match="differs from model=mixtral_8x7b .*num_layers: 32 vs 4"):
+        convert.hf_to_mcore(hf_model[1], tmp_path / "out", model="mixtral_8x7b")
+
+
+def test_finetune_on_alpaca_starts_at_the_hf_loss_and_falls(hf_model, converted, tmp_path):
+    result = run_train("data=alpaca", f"ckpt.load={converted}", "ckpt.finetune=true", "train.iters=4",
+                       "optim.lr=1e-3", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"[mixexp] loaded weights of {converted}" in result.stdout
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+    # transformers' loss on the same first global batch (8 samples, prompt tokens masked)
+    from omegaconf import OmegaConf
+
+    from mixexp.data.instruction_dataset import InstructionDataset
+
+    worker_cfg = OmegaConf.load(tmp_path / "worker_config.yaml")
+    dataset = InstructionDataset(worker_cfg.data_prefix, 128, 4 * 8, worker_cfg.train.seed)
+    batch = [dataset[i] for i in range(8)]
+    tokens, labels, mask = (torch.stack([torch.as_tensor(s[k]) for s in batch]) for k in ("tokens", "labels", "loss_mask"))
+    with torch.no_grad():
+        logits = hf_model[0](tokens).logits
+    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+    hf_loss = (losses * mask).sum() / mask.sum()
+    assert mask.sum() > 100
+    assert rows[0]["loss"] == pytest.approx(hf_loss.item(), abs=1e-4)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.1
