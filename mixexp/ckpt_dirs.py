@@ -14,6 +14,7 @@ checkpoint. Pure Python, no torch: the launcher validates `ckpt.load` with it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from mixexp.errors import ConfigError
 
 LATEST = "latest"
 METADATA = "metadata.json"  # written by dist_checkpointing into every checkpoint
+CONTENT = "mixexp.json"  # what a converted checkpoint holds, readable without torch
 _ITER = re.compile(r"^iter_(\d{7,})$")
 
 
@@ -36,6 +38,12 @@ def root_dir(ckpt_cfg, run_dir: Path) -> Path:
 
 def is_checkpoint(path: Path) -> bool:
     return (Path(path) / METADATA).is_file()
+
+
+def weights_only(path: Path) -> bool:
+    """A checkpoint of model weights only (mixexp.convert writes CONTENT beside the shards)."""
+    marker = Path(path) / CONTENT
+    return marker.is_file() and json.loads(marker.read_text()).get("content") == "weights"
 
 
 def latest(root: Path) -> Path | None:
@@ -65,6 +73,9 @@ def resolve(ckpt_cfg, run_dir: Path) -> tuple[Path | None, bool]:
         return None, False
     path = Path(load)
     if is_checkpoint(path):
+        if weights_only(path) and not ckpt_cfg.finetune:
+            raise ConfigError(f"ckpt.load={load} holds model weights only (converted): "
+                              "start from it with ckpt.finetune=true")
         return path, ckpt_cfg.finetune
     if (path / LATEST).is_file():
         return latest(path), ckpt_cfg.finetune

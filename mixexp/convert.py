@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixexp.ckpt_dirs import CONTENT
 from mixexp.hf_mixtral import Block, MixtralShape, blocks, hf_shapes, layer_of, region
 
 FORMAT = 1
@@ -171,6 +172,7 @@ def hf_to_mcore(hf: Path, out: Path, model: str | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dist_checkpointing.save(state, str(tmp))
+    (tmp / CONTENT).write_text(json.dumps({"content": "weights", "source": str(hf)}) + "\n")
     tmp.rename(out)
     return out
 

@@ -116,6 +116,13 @@ def test_a_config_that_differs_from_model_is_refused(hf_model, tmp_path):
         convert.hf_to_mcore(hf_model[1], tmp_path / "out", model="mixtral_8x7b")
 
 
+def test_converted_weights_need_finetune(converted, tmp_path):
+    result = run_train("data=synthetic", f"ckpt.load={converted}", f"hydra.run.dir={tmp_path}", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt.load={converted} holds model weights only (converted): start from it with ckpt.finetune=true")
+
+
 def test_finetune_on_alpaca_starts_at_the_hf_loss_and_falls(hf_model, converted, tmp_path):
     result = run_train("data=alpaca", f"ckpt.load={converted}", "ckpt.finetune=true", "train.iters=4",
                        "optim.lr=1e-3", f"hydra.run.dir={tmp_path}")
