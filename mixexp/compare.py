@@ -103,8 +103,8 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 def _layout_label(row: dict[str, Any], overrides: list[str], job_dir: Path) -> str:
     """The layout's name (`tp2_pp2`, `single`); without a layout, the job's `parallel=` choice."""
     degrees = {k: row[k] for k in LAYOUT_KEYS if isinstance(row[k], int)}
-    if degrees:
-        return Layout(**degrees).name
+    if degrees:  # summaries leave out etp: name it as Megatron's default (etp = tp)
+        return Layout(**{"etp": degrees.get("tp", 1), **degrees}).name
     for key, value in map(_split_override, overrides):
         if key == "parallel":
             return value
