@@ -78,7 +78,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, grace_s: float = GRACE_S) -> int:
     """Run `cmd` in its own session until it ends; returns its exit code.
 
-    SIGINT/SIGTERM to us become SIGTERM to the whole process group, and SIGKILL
+    SIGINT/SIGTERM/SIGUSR2 to us become SIGTERM to the whole process group, and SIGKILL
     after `grace_s` if it is still alive. With `on_line`, its output is read line
     by line and handed over (stdout and stderr merged).
     """
@@ -97,7 +97,8 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, g
         killer.daemon = True
         killer.start()
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGUSR2 is what submitit (hydra/launcher=slurm) gets before a SLURM time limit.
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)}
     try:
         if on_line:
             for line in proc.stdout:
@@ -107,6 +108,8 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, g
         for s, handler in previous.items():
             signal.signal(s, handler)
         _signal_group(proc, signal.SIGKILL)  # nothing of the job outlives the launcher
+    if stop.get("signal") == signal.SIGUSR2 and callable(previous[signal.SIGUSR2]):
+        previous[signal.SIGUSR2](signal.SIGUSR2, None)  # the workers have saved: now submitit may requeue
     if stop:
         raise KeyboardInterrupt if stop["signal"] == signal.SIGINT else SystemExit(128 + stop["signal"])
     return code

@@ -80,3 +80,32 @@ def test_a_sweep_goes_on_after_a_failing_job(tmp_path):
     assert [r["status"] for r in rows] == ["ok", "failed"]
     assert rows[1]["error"] == failed["error"]
     assert (tmp_path / "comparison.png").exists()
+
+
+def test_sigusr2_stops_the_group_then_calls_the_previous_handler(tmp_path):
+    """submitit's SIGUSR2 (time limit) reaches the workers as SIGTERM before submitit requeues."""
+    import os
+    import signal
+    import threading
+
+    from mixexp.launch import supervise
+
+    marker = tmp_path / "got_term"
+    child = ("import signal, sys, time, pathlib\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).write_text('x'), sys.exit(0)))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60)\n")
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        def on_line(line):
+            if line.strip() == "ready":
+                threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+
+        with pytest.raises(SystemExit) as exit_info:
+            supervise([sys.executable, "-c", child], dict(os.environ), on_line=on_line, grace_s=10)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert exit_info.value.code == 128 + signal.SIGUSR2
+    assert marker.read_text() == "x"
+    assert calls == [signal.SIGUSR2]
