@@ -13,7 +13,7 @@ from conftest import run_train
     (("parallel.tp=abc",),
      "error: Error merging override parallel.tp=abc (Value 'abc' of type 'str' could not be converted to Integer)"),
     (("model=mixtral_9x9b",), "error: In 'train': Could not find 'model/mixtral_9x9b' "
-     "(available: mixtral_8x22b, mixtral_8x7b, mixtral_tiny"),
+     "(available: mixtral_8x22b, mixtral_8x7b, mixtral_proxy_gpu, mixtral_tiny)"),
 ])
 def test_bad_configuration_exits_2_with_one_line(args, line):
     result = run_train(*args, "hydra.run.dir=/tmp/mixexp_cli_test", timeout=60)
