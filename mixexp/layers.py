@@ -5,6 +5,7 @@
   wrapped torch norm of the local spec refuses sequence parallelism).
 - `SDPACoreAttention`: causal attention through torch's fused
   scaled_dot_product_attention (the local spec materializes the score matrix),
+  sharing KV heads across their query group inside SDPA (no repeated K/V),
   and ring attention over the context-parallel group when cp > 1.
 """
 
@@ -49,15 +50,13 @@ class SDPACoreAttention(MegatronModule):
         seq, batch, heads, head_dim = query.shape
         # [s, b, h, d] -> [b, h, s, d]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        if k.shape[1] != heads:  # grouped-query attention: share each KV head over its group
-            repeat = heads // k.shape[1]
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
-        cp_size = parallel_state.get_context_parallel_world_size()
-        if cp_size > 1:
+        grouped = k.shape[1] != heads  # grouped-query attention: each KV head serves a group of query heads
+        if parallel_state.get_context_parallel_world_size() > 1:
+            if grouped:
+                k, v = (t.repeat_interleave(heads // k.shape[1], dim=1) for t in (k, v))
             out = ring_attention(q, k, v, self.softmax_scale, parallel_state.get_context_parallel_group())
-        else:
+        else:  # SDPA shares the KV heads itself (enable_gqa): no repeated copies of K and V
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=self.softmax_scale,
-                dropout_p=self.dropout if self.training else 0.0)
+                dropout_p=self.dropout if self.training else 0.0, enable_gqa=grouped)
         return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)

@@ -58,6 +58,8 @@ def build_optimizer(model, cfg):
         ),
         model,
     )
+    if cfg.hardware.device == "cpu":
+        use_fused_adam(optimizer)
     decay_iters = o.lr_decay_iters or t.iters
     scheduler = OptimizerParamScheduler(
         optimizer,
@@ -73,6 +75,22 @@ def build_optimizer(model, cfg):
         wd_incr_style="constant",
     )
     return optimizer, scheduler
+
+
+def use_fused_adam(optimizer) -> None:
+    """Without Transformer Engine or Apex, megatron-core builds torch's AdamW with its per-tensor loop;
+    torch's fused CPU kernel does the same update several times faster. Also after loading a checkpoint,
+    whose saved param groups would switch it off again."""
+    def fused(opt, *_):
+        if isinstance(opt, torch.optim.AdamW):
+            for group in opt.param_groups:
+                group.update(fused=True, foreach=False)
+
+    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(chained, "optimizer", None)
+        if inner is not None:
+            fused(inner)
+            inner.register_load_state_dict_post_hook(fused)
 
 
 def _loss(loss_mask, output_tensor):

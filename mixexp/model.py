@@ -19,6 +19,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
+from mixexp.experts import GroupedExperts
 from mixexp.layers import RMSNorm, SDPACoreAttention
 from mixexp.layout import Layout, sequence_parallel
 
@@ -97,8 +98,9 @@ def transformer_config(cfg, layout: Layout) -> TransformerConfig:
 
 def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSpec, type]:
     """(decoder layer spec, final norm). On CUDA with Transformer Engine installed: Megatron's TE spec.
-    Elsewhere: Megatron's local MoE spec with our RMSNorm and SDPA/ring core attention, with grouped-GEMM
-    experts on CUDA when the `grouped_gemm` package is installed (mixexp.devices.cuda decides)."""
+    Elsewhere: Megatron's local MoE spec with our RMSNorm and SDPA/ring core attention. Experts: on CPU
+    our GroupedExperts (torch's grouped_mm); on CUDA megatron's grouped-GEMM experts when the `grouped_gemm`
+    package is installed (mixexp.devices.cuda decides), else its SequentialMLP."""
     grouped = False
     if device == "cuda":
         from mixexp.devices import cuda
@@ -113,6 +115,8 @@ def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSp
     sub.input_layernorm = RMSNorm
     sub.pre_mlp_layernorm = RMSNorm
     sub.self_attention.submodules.core_attention = SDPACoreAttention
+    if device == "cpu" and config.num_moe_experts:
+        sub.mlp.submodules.experts = ModuleSpec(module=GroupedExperts)
     sub.sharded_state_dict_keys_map = {}
     return layer, RMSNorm
 

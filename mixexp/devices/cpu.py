@@ -158,6 +158,24 @@ def prepare(cfg=None, target: str = "cpu") -> None:
     cuda.manual_seed = lambda seed: None  # the CPU generator is seeded by the caller
     cuda.random.get_rng_state = cuda.get_rng_state
     cuda.random.set_rng_state = cuda.set_rng_state
+    _import_megatron_without_compile()
+
+
+def _import_megatron_without_compile() -> None:
+    """Import megatron-core with its `jit_fuser` as a plain decorator.
+
+    At import, megatron-core wraps its fused element-wise functions in `torch.compile`, which pulls in
+    torch._dynamo and inductor (about 2 s of the worker's start-up here) and compiles C++ kernels when
+    they are first called. On CPU they gain nothing: they run as written, as megatron's own
+    `disable_jit_fuser()` would have them.
+    """
+    compile_ = torch.compile
+    torch.compile = lambda model=None, **kwargs: model if model is not None else (lambda fn: fn)
+    try:
+        from megatron.core import jit
+    finally:
+        torch.compile = compile_
+    jit.disable_jit_fuser()
 
 
 def finish() -> None:
