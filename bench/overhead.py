@@ -134,8 +134,6 @@ def loop(steps: int, overrides: list[str]) -> None:
             super().write(row)
             walls.append(time.perf_counter() - state.get("resume", 0.0))
             if "peer" not in state:  # built inside the worker's process group, on its first global batch
-                from megatron.core.utils import get_model_config  # noqa: F401  (megatron is imported by now)
-
                 from rank import build_model
 
                 first = list(step_batches(loader.MicroBatches(state["dataset"], wcfg, layout, 0, 0), 0))
