@@ -24,17 +24,21 @@ from mixexp.layers import RMSNorm, SDPACoreAttention
 from mixexp.layout import Layout, sequence_parallel
 
 
-def init_parallel_state(layout: Layout, **options) -> None:
-    """megatron-core's process groups for `layout` (options pass through, e.g. timeouts)."""
-    parallel_state.initialize_model_parallel(
+def megatron_degrees(layout: Layout) -> dict:
+    """The layout as megatron-core's keyword arguments (process groups and TransformerConfig share them)."""
+    return dict(
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,
         virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
         context_parallel_size=layout.cp,
         expert_model_parallel_size=layout.ep,
         expert_tensor_parallel_size=layout.etp,
-        **options,
     )
+
+
+def init_parallel_state(layout: Layout, **options) -> None:
+    """megatron-core's process groups for `layout` (options pass through, e.g. timeouts)."""
+    parallel_state.initialize_model_parallel(**megatron_degrees(layout), **options)
 
 
 def padded_vocab_size(cfg) -> int:
@@ -69,12 +73,7 @@ def transformer_config(cfg, layout: Layout) -> TransformerConfig:
         moe_router_load_balancing_type="aux_loss",
         moe_token_dispatcher_type=p.dispatcher,
         moe_ffn_hidden_size=m.moe_ffn_hidden_size or m.ffn_hidden_size,
-        tensor_model_parallel_size=layout.tp,
-        pipeline_model_parallel_size=layout.pp,
-        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
-        context_parallel_size=layout.cp,
-        expert_model_parallel_size=layout.ep,
-        expert_tensor_parallel_size=layout.etp,
+        **megatron_degrees(layout),
         sequence_parallel=sequence_parallel(cfg),
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
