@@ -29,44 +29,42 @@ def _fingerprint(path: Path, *parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def output_prefix(data_cfg, kind: str) -> str | None:
-    """The Megatron prefix the workers read, or None for synthetic data."""
-    if kind == "synthetic":
-        return None
-    if data_cfg.prefix:
-        return data_cfg.prefix
+def _raw_path(data_cfg) -> Path:
     raw = Path(data_cfg.raw_path)
-    if not raw.is_absolute():
-        raw = REPO_ROOT / raw
+    raw = raw if raw.is_absolute() else REPO_ROOT / raw
     if not raw.exists():
         raise ConfigError(f"data.raw_path={data_cfg.raw_path} does not exist; point it at a parquet/jsonl/json/csv/txt file "
                           f"or set data.prefix to files written by preprocess.py")
-    key = _fingerprint(raw, kind, data_cfg.tokenizer, str(data_cfg.tokenizer_path), data_cfg.json_key)
-    base = Path(data_cfg.cache_dir) / f"{data_cfg.name}-{key}" / data_cfg.name
-    if kind == "instruction":
-        return str(base) + "_packed"
-    return f"{base}_{data_cfg.json_key}_document"
+    return raw
 
 
 def prepare_data(data_cfg, seq_length: int) -> str | None:
-    """Preprocess the raw input on first use; returns the prefix the workers read."""
-    prefix = output_prefix(data_cfg, data_cfg.kind)
-    if prefix is None or data_cfg.prefix:
-        return prefix
-    marker = prefix + ("_input_ids_document.idx" if data_cfg.kind == "instruction" else ".idx")
-    if os.path.exists(marker):
+    """Preprocess the raw input on first use; returns the prefix the workers read (None: synthetic)."""
+    if data_cfg.kind == "synthetic":
+        return None
+    if data_cfg.prefix:
+        return data_cfg.prefix
+    from mixexp.data.outputs import output_prefixes
+
+    raw = _raw_path(data_cfg)
+    instruction = data_cfg.kind == "instruction"
+    handler = "alpaca" if instruction else "pretrain"
+    # Instruction samples longer than seq_length are dropped, so the length is part of the key.
+    key = _fingerprint(raw, data_cfg.kind, data_cfg.tokenizer, str(data_cfg.tokenizer_path), data_cfg.json_key,
+                       str(seq_length) if instruction else "")
+    base = Path(data_cfg.cache_dir) / f"{data_cfg.name}-{key}" / data_cfg.name
+    outputs = output_prefixes(str(base), handler, (data_cfg.json_key,))
+    # The workers read a pretrain dataset's prefix, or the instruction datasets' common stem.
+    prefix = f"{base}_packed" if instruction else outputs[data_cfg.json_key]
+    if all(os.path.exists(p + ".idx") for p in outputs.values()):
         return prefix
     from mixexp.data.preprocess import PreprocessError, preprocess
 
-    raw = Path(data_cfg.raw_path)
-    raw = raw if raw.is_absolute() else REPO_ROOT / raw
-    base = prefix.rsplit(f"_{data_cfg.json_key}_document", 1)[0] if data_cfg.kind != "instruction" else prefix[: -len("_packed")]
-    Path(base).parent.mkdir(parents=True, exist_ok=True)
-    print(f"[data] preprocessing {raw} with the {data_cfg.tokenizer} tokenizer (cached in {Path(base).parent})")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[data] preprocessing {raw} with the {data_cfg.tokenizer} tokenizer (cached in {base.parent})")
     try:
-        preprocess(str(raw), base, handler="alpaca" if data_cfg.kind == "instruction" else "pretrain",
-                   tokenizer_kind=data_cfg.tokenizer, tokenizer_path=data_cfg.tokenizer_path,
-                   json_keys=(data_cfg.json_key,), seq_length=seq_length)
+        preprocess(str(raw), str(base), handler=handler, tokenizer_kind=data_cfg.tokenizer,
+                   tokenizer_path=data_cfg.tokenizer_path, json_keys=(data_cfg.json_key,), seq_length=seq_length)
     except PreprocessError as exc:
         raise ConfigError(f"data preprocessing failed: {exc}") from None
     return prefix
