@@ -46,10 +46,10 @@ def run_job(cfg) -> int:
         summary = train(cfg, run_dir)
     except ConfigError as exc:
         failed_summary(run_dir, cfg, str(exc))
-        print(f"error: {exc}", file=sys.__stderr__, flush=True)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     if summary.get("status") == "failed":
-        print(f"error: run failed: {summary['error']}", file=sys.__stderr__, flush=True)
+        print(f"error: run failed: {summary['error']}", file=sys.stderr, flush=True)
         return 1
     print(f"[mixexp] summary: {run_dir / 'summary.json'}", flush=True)
     return 0
@@ -75,29 +75,47 @@ def _hydra_error_line(captured: str) -> str:
     return lines[0] if lines else "invalid command line"
 
 
+class _HeldStderr(io.StringIO):
+    """Holds stderr until the first job starts (Hydra's command-line errors are shortened from
+    it), then writes through, so a job's progress bars and warnings show as they happen."""
+
+    def __init__(self, real):
+        super().__init__()
+        self.real = real
+
+    def write(self, text: str) -> int:
+        return self.real.write(text) if _job_started else super().write(text)
+
+    def flush(self) -> None:
+        if _job_started:
+            self.real.flush()
+
+
 def hydra_entry(config_name: str, job: str) -> None:
     module, func = job.split(":")
 
     @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)
     def main(cfg) -> None:
         global _exit_code, _job_started
-        _job_started = True
+        if not _job_started:
+            _job_started = True
+            held.real.write(held.getvalue())
         code = getattr(importlib.import_module(module), func)(cfg)
         _exit_code = max(_exit_code, code)
         if code and not _is_multirun():
             sys.exit(code)
 
-    # Hydra reports a bad command line on stderr before any job starts; capture it to shorten it.
-    captured = io.StringIO()
+    held = _HeldStderr(sys.stderr)
     try:
-        with redirect_stderr(captured):
+        with redirect_stderr(held):
             main()
     except SystemExit as exc:
-        text = captured.getvalue()
         if exc.code == 1 and not _job_started:  # Hydra rejected the command line
-            print(f"error: {_hydra_error_line(text)}", file=sys.stderr)
+            print(f"error: {_hydra_error_line(held.getvalue())}", file=sys.stderr)
             sys.exit(2)
-        sys.stderr.write(text)
+        if not _job_started:
+            sys.stderr.write(held.getvalue())
         raise
-    sys.stderr.write(captured.getvalue())
+    if not _job_started:  # e.g. --help or --cfg: nothing ran
+        sys.stderr.write(held.getvalue())
     sys.exit(_exit_code)
