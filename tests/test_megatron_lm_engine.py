@@ -86,6 +86,17 @@ def test_parser_without_throughput_uses_the_flops_formula_and_reads_prefixed_lin
     assert _parser(peak=None).feed(line)["mfu"] is None
 
 
+def test_parser_reads_records_that_two_ranks_wrote_into_one_line():
+    """Unbuffered ranks share stdout: rank 0's line can land before the last rank's newline (seen in CI)."""
+    parser = _parser()
+    joined = MEGATRON_LINES[2] + MEGATRON_LINES[1]
+    row = parser.feed(joined)
+    assert row["step"] == 1 and row["loss"] == 10.64553 and row["grad_norm"] == 31.275
+    assert parser.params_per_rank_max == 2963345408
+    row = parser.feed(MEGATRON_LINES[3] + MEGATRON_LINES[4])  # memory report, then an iteration line
+    assert row["step"] == 2 and row["memory_gb"] == pytest.approx(41022.9 / 1024)
+
+
 def test_parser_keeps_the_first_error():
     parser = _parser()
     for line in ["[rank3]: Traceback (most recent call last):",

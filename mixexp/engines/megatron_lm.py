@@ -66,14 +66,16 @@ class LogParser:
         self.first_error: str | None = None
 
     def feed(self, line: str) -> dict | None:
-        """One log line; returns a metrics row when the line is an iteration line."""
+        """One log line; returns a metrics row when the line holds an iteration record.
+
+        Ranks share one stdout, and with unbuffered output one rank's record can land in the
+        middle of another's line, so every pattern is looked for in every line.
+        """
         if (m := _MEMORY.search(line)) is not None:
             peak = float(m.group(2))
             self.peak_memory_mb = max(peak, self.peak_memory_mb or 0.0)
-            return None
         if (m := _PARAMS.search(line)) is not None:
             self.params_per_rank[(int(m.group(1)), int(m.group(2)))] = int(m.group(3))
-            return None
         fields = parse_iteration_line(line)
         if fields is None:
             if self.first_error is None and (e := _EXCEPTION.match(line.strip())) is not None \
