@@ -99,6 +99,8 @@ class HFTrainer:
                                            lr=o.lr, betas=(o.adam_beta1, o.adam_beta2), eps=o.adam_eps, fused=True)
         self.clip = o.clip_grad
         self.batches = batches
+        # bf16 as HF's Trainer runs it on CPU (bf16=True): fp32 weights under torch.autocast.
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
 
     def step(self) -> float:
         import torch
@@ -106,8 +108,9 @@ class HFTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for batch in self.batches:
-            out = self.model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
-                             labels=batch["labels"], shift_labels=batch["labels"])
+            with self.autocast:
+                out = self.model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
+                                 labels=batch["labels"], shift_labels=batch["labels"])
             (out.loss / len(self.batches)).backward()
             total += (out.loss - self.model.router_aux_loss_coef * out.aux_loss).item()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
