@@ -1,14 +1,16 @@
 """Convert Hugging Face Mixtral safetensors to a mixexp checkpoint and back.
 
     python -m mixexp.convert hf_to_mcore hf=DIR out=DIR [model=mixtral_8x7b]
-    python -m mixexp.convert mcore_to_hf ckpt=DIR out=DIR [dtype=bf16|fp16|fp32]
+    python -m mixexp.convert mcore_to_hf ckpt=DIR out=DIR [dtype=bf16|fp16|fp32] [tokenizer=HF_DIR]
 
 hf_to_mcore writes a weights-only dist_checkpointing checkpoint (the model's
 global sharded keys, see mixexp.hf_mixtral) that any layout loads:
 `python train.py ckpt.load=OUT ckpt.finetune=true`. With `model=NAME` the HF
 config must match conf/model/NAME.yaml. mcore_to_hf takes such a checkpoint, or
 any training checkpoint (iter_XXXXXXX/), and writes safetensors, an index and
-config.json for transformers' MixtralForCausalLM.
+config.json for transformers' MixtralForCausalLM, plus the tokenizer files of
+`tokenizer=HF_DIR` (by default those of the HF directory hf_to_mcore read, if it
+is still there), so that AutoTokenizer loads the output too.
 
 Every tensor is accounted for: an HF tensor the model does not use, or one the
 model needs and the files lack, is an error naming it; so is a checkpoint key.
@@ -254,7 +256,26 @@ def _load_group(ckpt: Path, group: list[Block], stored: dict, shapes: dict) -> d
     return {name: p[0].clone() if len(p) == 1 else torch.cat(p) for name, p in parts.items()}
 
 
-def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None) -> Path:
+# What an HF model directory holds besides weights and config.json, copied as they are.
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json")
+
+
+def _side_files(tokenizer: str | None, common: dict) -> list[Path]:
+    """The tokenizer (and generation config) files to copy: from `tokenizer`, else from the source HF dir."""
+    if tokenizer is None:
+        source = common.get("source")
+        if source is None or not Path(source).is_dir():
+            return []
+        return [Path(source) / f for f in HF_SIDE_FILES if (Path(source) / f).is_file()]
+    files = [Path(tokenizer) / f for f in HF_SIDE_FILES if (Path(tokenizer) / f).is_file()]
+    if not files:
+        raise ConvertError(f"tokenizer={tokenizer} holds none of {', '.join(HF_SIDE_FILES)}: point it at the "
+                           f"Hugging Face model directory the weights came from")
+    return files
+
+
+def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None, tokenizer: str | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -266,6 +287,7 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None) -> Path:
         raise ConvertError(f"dtype={dtype}: one of bf16, fp16, fp32 (default: as stored)")
     _quiet()
     common = torch.load(ckpt / "common.pt", weights_only=False)
+    side_files = _side_files(tokenizer, common)
     config = common.get("hf_config")
     shape = MixtralShape.from_hf(config) if config else MixtralShape.from_model_config(common["model_config"])
     config = config or shape.hf_config()
@@ -288,6 +310,11 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None) -> Path:
     index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for f in side_files:
+        shutil.copyfile(f, tmp / f.name)
+    if not side_files:
+        print(f"[mixexp] {out} has no tokenizer files: add tokenizer=HF_DIR to copy them from a Hugging Face "
+              f"model directory", file=sys.stderr)
     tmp.rename(out)
     return out
 
@@ -295,9 +322,9 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None) -> Path:
 # ---- command line --------------------------------------------------------------------------------
 
 USAGE = ("usage: python -m mixexp.convert hf_to_mcore hf=DIR out=DIR [model=NAME]\n"
-         "       python -m mixexp.convert mcore_to_hf ckpt=DIR out=DIR [dtype=bf16|fp16|fp32]")
+         "       python -m mixexp.convert mcore_to_hf ckpt=DIR out=DIR [dtype=bf16|fp16|fp32] [tokenizer=HF_DIR]")
 COMMANDS = {"hf_to_mcore": (hf_to_mcore, ("hf", "out"), ("model",)),
-            "mcore_to_hf": (mcore_to_hf, ("ckpt", "out"), ("dtype",))}
+            "mcore_to_hf": (mcore_to_hf, ("ckpt", "out"), ("dtype", "tokenizer"))}
 
 
 def main(argv: list[str]) -> int:

@@ -41,7 +41,19 @@ def hf_model(tmp_path_factory):
     model = transformers.MixtralForCausalLM(config).float().eval()
     path = tmp_path_factory.mktemp("hf") / "tiny_mixtral"
     model.save_pretrained(path)
+    save_tokenizer(path)
     return model, path
+
+
+def save_tokenizer(path):
+    """A small real tokenizer (tokenizer.json + tokenizer_config.json), as an HF model directory holds."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "[INST]": 3, "hello": 4, "experts": 5}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                         unk_token="<unk>").save_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +97,59 @@ def test_hf_to_mcore_to_hf_is_bitwise_identical(hf_model, converted, tmp_path):
         json.loads((hf_model[1] / "config.json").read_text())
     back_model = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "back")  # transformers reads it
     assert torch.equal(back_model.lm_head.weight, hf_model[0].lm_head.weight)
+    # The tokenizer comes along from the directory hf_to_mcore read.
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (hf_model[1] / name).read_bytes(), name
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert tokenizer("hello experts nope")["input_ids"] == [4, 5, 0]
+
+
+def test_a_trained_checkpoint_exports_with_a_named_tokenizer(hf_model, converted, tmp_path):
+    """Fine-tune 2 steps from converted weights, export iter_0000002 to HF: the exported model has learned."""
+    run = tmp_path / "run"
+    result = run_train("data=alpaca", f"ckpt.load={converted}", "ckpt.finetune=true", "train.iters=2",
+                       "ckpt.save_interval=2", "optim.lr=1e-3", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = run / "checkpoints" / "iter_0000002"
+    result = run_convert("mcore_to_hf", f"ckpt={trained}", f"out={tmp_path / 'plain'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "plain" / "tokenizer.json").exists()  # a training checkpoint names no HF source
+    assert result.stderr.strip().splitlines()[-1] == (f"[mixexp] {tmp_path / 'plain'} has no tokenizer files: add "
+                                                      f"tokenizer=HF_DIR to copy them from a Hugging Face model "
+                                                      f"directory")
+
+    result = run_convert("mcore_to_hf", f"ckpt={trained}", f"out={tmp_path / 'hf'}", f"tokenizer={hf_model[1]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("hello")["input_ids"] == [4]
+    exported = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert not torch.equal(exported.lm_head.weight, hf_model[0].lm_head.weight)  # trained, not the original
+
+    # On the first global batch the run trained on, the exported model's loss is below the original's.
+    from omegaconf import OmegaConf
+
+    from mixexp.data.instruction_dataset import InstructionDataset
+
+    worker_cfg = OmegaConf.load(run / "worker_config.yaml")
+    dataset = InstructionDataset(worker_cfg.data_prefix, 128, 2 * 8, worker_cfg.train.seed)
+    batch = [dataset[i] for i in range(8)]
+    tokens, labels, mask = (torch.stack([torch.as_tensor(s[k]) for s in batch]) for k in ("tokens", "labels", "loss_mask"))
+
+    def loss(model):
+        with torch.no_grad():
+            losses = torch.nn.functional.cross_entropy(model(tokens).logits.transpose(1, 2), labels, reduction="none")
+        return ((losses * mask).sum() / mask.sum()).item()
+
+    assert loss(exported) < loss(hf_model[0]) - 0.05
+
+
+def test_a_tokenizer_dir_without_tokenizer_files_is_refused(converted, tmp_path):
+    result = run_convert("mcore_to_hf", f"ckpt={converted}", f"out={tmp_path / 'out'}", f"tokenizer={tmp_path}",
+                         timeout=60)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: tokenizer={tmp_path} holds none of tokenizer.json, tokenizer.model, tokenizer_config.json, "
+        f"special_tokens_map.json, generation_config.json: point it at the Hugging Face model directory the "
+        f"weights came from")
 
 
 def edited_copy(src, dst, drop=(), add=None):
