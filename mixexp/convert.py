@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,16 @@ _NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.in
 
 class ConvertError(ValueError):
     """Input that cannot be converted; the message names the tensor or field."""
+
+
+def _progress(message: str) -> None:
+    """A progress line on stderr (stdout carries the result line)."""
+    print(f"[mixexp] {message}", file=sys.stderr, flush=True)
+
+
+def _numel(shape: tuple) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
 
 
 # ---- safetensors, memory-mapped ----------------------------------------------------------------
@@ -173,7 +184,12 @@ def hf_to_mcore(hf: Path, out: Path, model: str | None = None) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    gigabytes = sum(f.stat().st_size for f in hf.glob("*.safetensors")) / 1e9
+    _progress(f"converting {len(files.names())} tensors ({gigabytes:.2f} GB) of {hf} into {out} ...")
+    start = time.perf_counter()
     dist_checkpointing.save(state, str(tmp))
+    seconds = time.perf_counter() - start
+    _progress(f"wrote {gigabytes:.2f} GB in {seconds:.1f} s ({gigabytes / max(seconds, 1e-9):.2f} GB/s)")
     (tmp / CONTENT).write_text(json.dumps({"content": "weights", "source": str(hf)}) + "\n")
     tmp.rename(out)
     return out
@@ -299,6 +315,8 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None, tokenizer: str 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weight_map = {}
+    group_numel = [sum(_numel(shapes[name]) for name in dict.fromkeys(b.hf for b in g)) for g in groups]
+    done, start = 0, time.perf_counter()
     for i, group in enumerate(groups):
         tensors = _load_group(ckpt, group, stored, shapes)
         if cast[dtype] is not None:
@@ -306,6 +324,11 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None, tokenizer: str 
         file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / file), metadata={"format": "pt"})
         weight_map.update({name: file for name in tensors})
+        done += group_numel[i]
+        elapsed = time.perf_counter() - start
+        eta = elapsed * (sum(group_numel) - done) / done
+        _progress(f"{file}: {done / sum(group_numel):6.1%} of {sum(group_numel):,} parameters, "
+                  f"{elapsed:.1f} s, ETA {eta:.0f} s")
         del tensors
     index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -61,6 +61,7 @@ def converted(hf_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("mcore") / "tiny"
     result = run_convert("hf_to_mcore", f"hf={hf_model[1]}", f"out={out}", "model=mixtral_tiny")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"[mixexp] converting {3 + 4 * (7 + 8 * 3)} tensors (" in result.stderr
     return out
 
 
@@ -89,6 +90,10 @@ def test_logits_match_transformers(hf_model, converted, tmp_path):
 def test_hf_to_mcore_to_hf_is_bitwise_identical(hf_model, converted, tmp_path):
     result = run_convert("mcore_to_hf", f"ckpt={converted}", f"out={tmp_path / 'back'}")
     assert result.returncode == 0, result.stderr[-3000:]
+    total = sum(p.numel() for p in hf_model[0].parameters())
+    progress = [line for line in result.stderr.splitlines() if f"of {total:,} parameters" in line]
+    assert len(progress) == 5 and progress[0].startswith("[mixexp] model-00001-of-00005.safetensors: ")
+    assert "100.0% of" in progress[-1] and "ETA 0 s" in progress[-1]
     original, back = tensors(hf_model[1]), tensors(tmp_path / "back")
     assert sorted(back) == sorted(original)
     for name, tensor in original.items():
