@@ -148,10 +148,7 @@ class Evaluated:
 
 
 def layout_name(cfg, layout: Layout) -> str:
-    name = layout.name
-    if layout.etp != layout.tp:
-        name += f"_etp{layout.etp}"
-    name += f"_mbs{cfg.train.micro_batch_size}"
+    name = layout.name + f"_mbs{cfg.train.micro_batch_size}"
     if cfg.train.recompute != "none":
         name += f"_{cfg.train.recompute}"
     return name

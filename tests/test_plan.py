@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from mixexp.flops import flops_per_token
 from mixexp.layout import Layout, validate
 from mixexp.memory import GIB, estimate_memory
-from mixexp.plan import Node, plain, run_plan, search, single, top
+from mixexp.plan import Node, layout_name, plain, run_plan, search, single, top
 from mixexp.timing import predict_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +148,12 @@ def test_json_output_and_emitted_sweep_compose(tmp_path):
             assert job.train.micro_batch_size == record["micro_batch_size"]
             assert job.train.recompute == record["recompute"]
             assert job.model.name == "mixtral_tiny" and job.cluster.devices_per_node == 4
+
+
+def test_a_layout_name_names_each_degree_once():
+    cfg = compose_plan(*TINY, "train.micro_batch_size=1", "train.recompute=full")
+    assert layout_name(cfg, Layout(tp=2, ep=2, etp=1)) == "tp2_ep2_etp1_mbs1_full"
+    assert layout_name(cfg, Layout(tp=2, pp=2, etp=2)) == "tp2_pp2_mbs1_full"
 
 
 def test_planner_needs_a_world_size(capsys):
