@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mixexp.data.preprocess import PreprocessError, ensure_preprocessed, preprocess
+from mixexp.data.preprocess import PreprocessError, preprocess
 from mixexp.data.tokenizers import load_tokenizer
 
 TEXTS = [
@@ -398,20 +398,6 @@ def test_failed_run_keeps_previous_outputs_and_leaves_no_temp_files(tmp_path):
     _error(bad, str(tmp_path / "out"), workers=2, chunk_rows=100)
     assert _bytes(str(tmp_path / "out_text_document")) == before
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "good.jsonl", "out_text_document.bin", "out_text_document.idx"]
-
-
-def test_ensure_preprocessed_reuses_outputs(tmp_path):
-    src = tmp_path / "a.jsonl"
-    _jsonl(src, [{"text": "Hello world"}])
-    first = ensure_preprocessed(str(src), str(tmp_path / "c"))
-    again = ensure_preprocessed(str(src), str(tmp_path / "c"))
-    assert first["cached"] is False and again["cached"] is True
-    assert again["outputs"] == first["outputs"]
-    other = ensure_preprocessed(str(src), str(tmp_path / "c"), append_eod=False)
-    assert other["cached"] is False
-    _jsonl(src, [{"text": "Hello world"}, {"text": "again"}])
-    os.utime(src, ns=(1, 1))
-    assert ensure_preprocessed(str(src), str(tmp_path / "c"))["documents"] == 2
 
 
 def test_interrupted_run_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):

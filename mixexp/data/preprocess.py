@@ -40,9 +40,6 @@ not written), ``packs``, ``padding_tokens``, ``seconds``, ``rows_per_sec``,
 Bad input raises :class:`PreprocessError` with a one-line message; the
 ``preprocess.py`` command prints it on stderr and exits with code 2.
 
-:func:`ensure_preprocessed` runs :func:`preprocess` once and reuses the outputs
-while the input files and options are unchanged (for the training side).
-
 Command line (``preprocess.py`` at the repository root, ``conf/preprocess.yaml``)::
 
     python preprocess.py input=PATH output_prefix=PREFIX [workers=2] [skip_bad_rows=true]
@@ -54,7 +51,7 @@ Worker processes are forked (``MIXEXP_PREPROCESS_START_METHOD`` overrides) befor
 any output is opened; each one tokenizes whole chunks of rows, and results are
 written in input order, so the bytes do not depend on ``workers``.
 
-This module is the public face (API, cache, command line); the work is in
+This module is the public face (API, command line); the work is in
 :mod:`~mixexp.data.readers` (input files -> chunks of rows),
 :mod:`~mixexp.data.workers` (chunks -> tokens, in order, over processes) with
 :mod:`~mixexp.data.records` (row decoding and checks),
@@ -65,7 +62,6 @@ This module is the public face (API, cache, command line); the work is in
 from __future__ import annotations
 
 import collections
-import json
 import os
 import signal
 import sys
@@ -92,9 +88,6 @@ from mixexp.data.readers import (  # noqa: F401  (CHUNK_BYTES, FORMATS, SKIP_HIN
 )
 from mixexp.data.tokenizers import KINDS as TOKENIZER_KINDS, TokenizerError, load_tokenizer
 from mixexp.data.workers import run_ordered, start_workers
-
-STAMP_VERSION = 1  # of ensure_preprocessed's stamp; bump to invalidate every cached run
-
 
 def preprocess(
     input_path: str | os.PathLike,
@@ -232,45 +225,6 @@ def preprocess(
         "outputs": prefixes,
         "output_paths": [p for prefix in prefixes.values() for p in (prefix + ".bin", prefix + ".idx")],
     }
-
-
-def ensure_preprocessed(input_path: str | os.PathLike, output_prefix: str | os.PathLike, **options: Any) -> dict:
-    """:func:`preprocess` unless its outputs exist for the same input files and options.
-
-    A stamp ``{output_prefix}.preprocess.json`` records the input files (size,
-    mtime), the options and the report; the report is returned, with
-    ``cached=True`` when nothing had to be done. Call it from one process (rank
-    0 or before launch): concurrent calls are safe (atomic renames) but wasteful.
-    """
-    input_path = os.fspath(input_path)
-    output_prefix = os.fspath(output_prefix)
-    options.setdefault("show_progress", False)
-    files = discover_inputs(input_path)
-    fingerprint = {
-        "version": STAMP_VERSION,
-        "inputs": [[os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns] for p, _ in files],
-        # workers and show_progress do not change the output bytes
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(options.items())
-                    if k not in ("show_progress", "workers")},
-    }
-    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the stamp
-    stamp_path = output_prefix + ".preprocess.json"
-    try:
-        with open(stamp_path, encoding="utf-8") as f:
-            stamp = json.load(f)
-    except (OSError, ValueError):
-        stamp = None
-    if stamp and stamp.get("fingerprint") == fingerprint:
-        report = stamp.get("report", {})
-        paths = report.get("output_paths", [])
-        if paths and all(os.path.exists(p) for p in paths):
-            return dict(report, cached=True)
-    report = preprocess(input_path, output_prefix, **options)
-    tmp = f"{stamp_path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"fingerprint": fingerprint, "report": report}, f, indent=1, default=str)
-    os.replace(tmp, stamp_path)
-    return dict(report, cached=False)
 
 
 def format_report(report: dict) -> str:

@@ -83,8 +83,7 @@ def discover_inputs(input_path: str) -> list[tuple[str, str]]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 fmt = _format_of(name)
-                # *.preprocess.json: ensure_preprocessed's stamps, never input
-                if fmt and not name.startswith(".") and not name.endswith(".preprocess.json"):
+                if fmt and not name.startswith("."):
                     found.append((os.path.join(root, name), fmt))
         if not found:
             raise PreprocessError(
