@@ -10,6 +10,12 @@ The router's gating GEMM is left out, as Megatron does.
 from __future__ import annotations
 
 
+def padded_vocab_size(m, tp: int = 1) -> int:
+    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by * tp."""
+    multiple = (m.make_vocab_size_divisible_by or 1) * tp
+    return -(-m.vocab_size // multiple) * multiple
+
+
 def kv_channels(m) -> int:
     return m.hidden_size // m.num_attention_heads
 

@@ -21,6 +21,8 @@ stage (from the dry run). Bytes follow what megatron-core allocates:
 
 from __future__ import annotations
 
+from mixexp.flops import padded_vocab_size
+
 GIB = 2**30
 # Per device kind, when the hardware config does not set runtime_overhead_gb. CPU: measured
 # (resident set of a worker after importing torch + megatron-core and initializing gloo).
@@ -120,8 +122,7 @@ def activation_bytes(cfg, layout, stage: int) -> dict:
     moe_buffers = tokens * m.moe_router_topk / sp * m.hidden_size * (2 + layout.etp) * e if m.num_experts else 0.0
     # Embedding and output layer: their weight gradient is a dense temporary before DDP adds it
     # to the fp32 buffer; the loss keeps the logits (in place, plus an fp32 copy when they are bf16).
-    mult = _get(m, "make_vocab_size_divisible_by", 1)
-    vocab = -(-m.vocab_size // (mult * layout.tp)) * mult  # padded vocabulary per TP rank
+    vocab = padded_vocab_size(m, layout.tp) // layout.tp  # padded vocabulary per TP rank
     embedding_grad = vocab * m.hidden_size * e if stage in (0, layout.pp - 1) else 0.0
     logits = tokens * vocab * (e + (4 if e != 4 else 0)) if stage == layout.pp - 1 else 0.0
     # Backward of one layer: its activations (rematerialized first under full recompute) and their gradients.

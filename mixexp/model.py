@@ -19,6 +19,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
+from mixexp import flops
 from mixexp.experts import GroupedExperts
 from mixexp.layers import RMSNorm, SDPACoreAttention
 from mixexp.layout import Layout, sequence_parallel
@@ -42,9 +43,8 @@ def init_parallel_state(layout: Layout, **options) -> None:
 
 
 def padded_vocab_size(cfg) -> int:
-    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by * tp."""
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return -(-cfg.model.vocab_size // multiple) * multiple
+    """The model's vocabulary as Megatron pads it for this config's tp."""
+    return flops.padded_vocab_size(cfg.model, cfg.parallel.tp)
 
 
 def transformer_config(cfg, layout: Layout) -> TransformerConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import read_jsonl
 
 from mixexp.engines.megatron_lm import COMMAND_NAME, LOG_NAME, LogParser, entrypoint, parse_iteration_line, \
     run_megatron_lm
@@ -198,7 +199,7 @@ def test_end_to_end_with_a_stand_in_script(checkout, tmp_path, capsys):
     assert record["env"]["HCCL_EXEC_TIMEOUT"] == "120"
     assert "--mock-data" in record["argv"] and "--distributed-backend" in record["argv"]
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4]
     assert [r["step_time_s"] for r in rows] == [1.5, 2.0]
     assert [r["loss"] for r in rows] == [10.0, 9.5]

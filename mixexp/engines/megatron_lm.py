@@ -134,54 +134,33 @@ def check_data(cfg) -> None:
                           f"instruction data (data.kind=instruction): use engine=native")
 
 
-def nproc_per_node(cfg, layout: Layout) -> int:
-    per_node = cfg.cluster.devices_per_node or cfg.hardware.devices_per_node
-    return per_node or layout.world_size // cfg.cluster.nnodes
-
-
-def padded_vocab_size(cfg) -> int:
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return -(-cfg.model.vocab_size // multiple) * multiple
-
-
-def command(cfg, layout: Layout, run_dir: Path, data_prefix: str | None, master_port: int) -> list[str]:
-    """torchrun (as the native launcher runs it) + the checkout's script + its arguments."""
-    from mixexp.launch import torchrun_prefix
-    from mixexp.megatron_args import io_args, render
-
-    check_data(cfg)
-    script = entrypoint(cfg.engine)
-    launcher = torchrun_prefix(cfg, nproc_per_node(cfg, layout), master_port)
-    args = render(cfg) + io_args(cfg, data_prefix, save_dir=str(run_dir / "checkpoints"))
-    return launcher + [str(script), *args, *[str(a) for a in cfg.engine.extra_args]]
-
-
 def run_megatron_lm(cfg, layout: Layout, run_dir: Path) -> dict:
     """Launch, tee and parse one run of the checkout's pretrain_gpt.py; returns summary.json's content."""
+    from mixexp.app import nproc_per_node
     from mixexp.data.prepare import prepare_data
-    from mixexp.flops import flops_per_token, params_total
-    from mixexp.launch import free_port, supervise, worker_env
+    from mixexp.flops import flops_per_token, padded_vocab_size, params_total
+    from mixexp.launch import free_port, supervise, torchrun_prefix, worker_env
+    from mixexp.megatron_args import io_args, render
     from mixexp.metrics import summarize
     from mixexp.report import MetricsWriter, write_summary
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from mixexp.megatron_args import render
-
-    entrypoint(cfg.engine)  # config errors before any data preparation
+    script = entrypoint(cfg.engine)  # config errors before any data preparation
     check_data(cfg)
-    render(cfg)
+    model_args = render(cfg)
     prefix = prepare_data(cfg.data, cfg.train.seq_length) if cfg.data.kind != "synthetic" else None
-    port = cfg.cluster.master_port or free_port()
-    cmd = command(cfg, layout, run_dir, prefix, port)
+    nproc = nproc_per_node(cfg, layout)
+    # torchrun (as the native launcher runs it) + the checkout's script + its arguments
+    cmd = [*torchrun_prefix(cfg, nproc, cfg.cluster.master_port or free_port()), str(script), *model_args,
+           *io_args(cfg, prefix, save_dir=str(run_dir / "checkpoints")), *map(str, cfg.engine.extra_args)]
     (run_dir / COMMAND_NAME).write_text(f"cd {shlex.quote(cfg.engine.path)} && \\\n  "
                                         + " \\\n  ".join(shlex.quote(c) for c in cmd) + "\n")
 
-    nproc = nproc_per_node(cfg, layout)
     env = worker_env(cfg, nproc)
     env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"  # Megatron-LM refuses sequence parallelism without it
     t = cfg.train
-    vocab = padded_vocab_size(cfg)
+    vocab = padded_vocab_size(cfg.model, cfg.parallel.tp)
     peak = cfg.hardware.peak_flops_bf16 if t.precision == "bf16" else cfg.hardware.peak_flops_fp32
     parser = LogParser(t.seq_length, t.global_batch_size, layout.world_size,
                        flops_per_token(cfg.model, t.seq_length, vocab), peak)
