@@ -30,7 +30,9 @@ import os
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from mixexp.data.handlers import IGNORE_INDEX
+from mixexp.data.outputs import output_prefixes
+
 _SUFFIX = "_packed_input_ids_document"
 
 
@@ -45,7 +47,7 @@ def instruction_prefixes(prefix: str) -> dict[str, str]:
         and os.path.exists(f"{prefix}_input_ids_document.idx")
     ):
         prefix = prefix[: -len("_packed")]
-    return {k: f"{prefix}_packed_{k}_document" for k in ("input_ids", "attention_mask", "labels")}
+    return output_prefixes(prefix, "alpaca")
 
 
 class InstructionDataset(torch.utils.data.Dataset):
