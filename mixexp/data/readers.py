@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from mixexp.data import handlers as H
 from mixexp.data.json_array import JSONArrayError, iter_json_array, starts_with_array
+from mixexp.data.tokenizers import first_line  # also imported from here by records, preprocess
 
 FORMATS = {
     ".parquet": "parquet",
@@ -37,11 +38,6 @@ SKIP_HINT = " (skip_bad_rows=true skips bad rows)"
 
 class PreprocessError(Exception):
     """Bad input or options; ``str(err)`` is one readable line."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 @dataclass

@@ -102,7 +102,7 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self._sp = spm.SentencePieceProcessor(model_file=path)
         except Exception as exc:  # sentencepiece raises OSError / RuntimeError
-            raise TokenizerError(f"cannot load SentencePiece model {path}: {_first_line(exc)}") from None
+            raise TokenizerError(f"cannot load SentencePiece model {path}: {first_line(exc)}") from None
         self.vocab_size = int(self._sp.get_piece_size())
         self.bos_id = _nonneg(self._sp.bos_id())
         self.eos_id = _nonneg(self._sp.eos_id())
@@ -149,7 +149,7 @@ class HFTokenizer(Tokenizer):
         try:
             self._tok = _HF.from_file(path)
         except Exception as exc:
-            raise TokenizerError(f"cannot load tokenizer.json {path}: {_first_line(exc)}") from None
+            raise TokenizerError(f"cannot load tokenizer.json {path}: {first_line(exc)}") from None
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         named = _special_tokens_from_configs(os.path.dirname(os.path.abspath(path)))
         self.bos_id = self._resolve(named.get("bos_token"), _BOS_NAMES)
@@ -206,7 +206,8 @@ def _nonneg(value: int) -> int | None:
     return int(value) if value is not None and value >= 0 else None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of ``str(exc)`` (the exception's type name when empty)."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
