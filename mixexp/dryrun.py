@@ -48,15 +48,13 @@ def stage_parameter_counts(cfg, layout: Layout) -> list[int]:
 
 def dry_run(cfg, layout: Layout, run_dir: Path) -> dict:
     from mixexp.flops import params_total
-    from mixexp.memory import estimate_memory
+    from mixexp.memory import peak_memory
     from mixexp.model import padded_vocab_size
     from mixexp.report import write_summary
 
     counts = stage_parameter_counts(cfg, layout)
     busiest = max(range(len(counts)), key=counts.__getitem__)
-    # Peak memory is usually on stage 0 (most micro-batches in flight), parameters on the last.
-    memory = max((estimate_memory(cfg, layout, counts[stage], stage=stage) for stage in {0, len(counts) - 1}),
-                 key=lambda m: m["total_gb"])
+    memory = peak_memory(cfg, layout, counts)
     summary = write_summary(run_dir, status="dry_run", layout=layout.as_dict(), world_size=layout.world_size,
                             params_total=params_total(cfg.model, padded_vocab_size(cfg)),
                             params_per_rank_max=counts[busiest], peak_memory_gb=memory["total_gb"])

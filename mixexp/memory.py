@@ -34,9 +34,10 @@ def _get(node, key, default=None):
     return default if value is None else value
 
 
-def sequence_parallel(cfg, layout) -> bool:
+def sp_degree(cfg, layout) -> int:
+    """What sequence parallelism divides activations by: tp when it is on (Megatron's default), else 1."""
     sp = _get(cfg.parallel, "sequence_parallel")
-    return layout.tp > 1 and (sp is None or bool(sp))
+    return layout.tp if sp is None or sp else 1
 
 
 def bytes_per_element(cfg) -> int:
@@ -84,7 +85,7 @@ def layer_activation_elements(cfg, layout) -> dict:
     """Elements autograd keeps for one transformer layer and one micro-batch on one rank."""
     m, t = cfg.model, cfg.train
     tokens = t.micro_batch_size * t.seq_length / layout.cp
-    sp = layout.tp if sequence_parallel(cfg, layout) else 1
+    sp = sp_degree(cfg, layout)
     h, tp = m.hidden_size, layout.tp
     head_dim = h // m.num_attention_heads
     hq = m.num_attention_heads * head_dim
@@ -117,7 +118,7 @@ def activation_bytes(cfg, layout, stage: int) -> dict:
     chunks, layers_per_chunk = in_flight(cfg, layout, stage)
     stored = chunks * layers_per_chunk * kept_layer
     tokens = t.micro_batch_size * t.seq_length / layout.cp
-    sp = layout.tp if sequence_parallel(cfg, layout) else 1
+    sp = sp_degree(cfg, layout)
     # MoE dispatch: permuted tokens, the alltoall output and the etp all-gather of them.
     moe_buffers = tokens * m.moe_router_topk / sp * m.hidden_size * (2 + layout.etp) * e if m.num_experts else 0.0
     # Embedding and output layer: their weight gradient is a dense temporary before DDP adds it
@@ -168,3 +169,11 @@ def estimate_memory(cfg, layout, params_per_rank: int, stage: int = 0) -> dict:
         "params": params_per_rank,
         "expert_params": expert,
     }
+
+
+def peak_memory(cfg, layout, params_by_stage: list[int]) -> dict:
+    """The estimate of the stage that needs most: usually stage 0 (most micro-batches in flight), or
+    the last (the output layer and its logits)."""
+    stages = sorted({0, layout.pp - 1})
+    return max((estimate_memory(cfg, layout, params_by_stage[s], stage=s) for s in stages),
+               key=lambda mem: mem["total_gb"])

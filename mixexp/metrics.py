@@ -28,6 +28,12 @@ class ThroughputModel:
         }
 
 
+def peak_flops(hardware, precision: str) -> float | None:
+    """The hardware's peak FLOP/s per device at the run's precision (None when not configured)."""
+    peak = hardware.peak_flops_bf16 if precision == "bf16" else hardware.peak_flops_fp32
+    return peak or None
+
+
 def steady_state(rows: list[dict], warmup_steps: int) -> list[dict]:
     """Rows after warm-up; all rows when the run was too short to have any."""
     after = [r for r in rows if r["step"] > warmup_steps]

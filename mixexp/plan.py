@@ -155,13 +155,11 @@ def layout_name(cfg, layout: Layout) -> str:
 
 
 def evaluate(cfg: Node, layout: Layout, params_by_stage: list[int]) -> Evaluated:
-    from mixexp.memory import estimate_memory
+    from mixexp.memory import peak_memory
     from mixexp.timing import predict_step
 
-    stages = sorted({0, layout.pp - 1})
-    memories = [estimate_memory(cfg, layout, params_by_stage[s], stage=s) for s in stages]
-    memory = max(memories, key=lambda mem: mem["total_gb"])
-    return Evaluated(cfg, layout, params_by_stage, memory, predict_step(cfg, layout, params_by_stage))
+    return Evaluated(cfg, layout, params_by_stage, peak_memory(cfg, layout, params_by_stage),
+                     predict_step(cfg, layout, params_by_stage))
 
 
 @dataclass

@@ -8,12 +8,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mixexp.layout import world_size
+from mixexp.layout import devices_per_node
 
 
 def workload(cfg) -> str:
     m, t, c = cfg.model, cfg.train, cfg.cluster
-    per_node = world_size(cfg) // c.nnodes
+    per_node = devices_per_node(cfg)
     return (f"{m.name} on {c.nnodes} x {per_node} {cfg.hardware.name} ({cfg.hardware.memory_gb} GB), "
             f"seq {t.seq_length}, global batch {t.global_batch_size}, {t.precision}")
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mixexp.flops import flops_per_token, kv_channels
-from mixexp.memory import (_get, bytes_per_element, expert_params_per_rank, layers_per_stage, num_microbatches,
-                           sequence_parallel)
+from mixexp.layout import devices_per_node
+from mixexp.memory import (bytes_per_element, expert_data_parallel, expert_params_per_rank, layers_per_stage,
+                           num_microbatches, sp_degree)
+from mixexp.metrics import ThroughputModel, peak_flops
 
 # Fraction of the nominal per-device bandwidth that NCCL/HCCL collectives reach (bus bandwidth):
 # intra-node figures (NVLink 900 GB/s, HCCS 392 GB/s) are bidirectional aggregates, of which ring
@@ -103,10 +105,6 @@ class StepTime:
         return asdict(self)
 
 
-def _peak(hw, precision: str) -> float | None:
-    return hw.peak_flops_bf16 if precision == "bf16" else _get(hw, "peak_flops_fp32")
-
-
 def _layer_flops_per_token(m, seq: int) -> tuple[float, float]:
     """(one layer, its core attention) training FLOPs per token, Megatron's convention."""
     per_layer = (flops_per_token(m, seq) - 6 * m.hidden_size * m.vocab_size) / m.num_layers
@@ -114,15 +112,15 @@ def _layer_flops_per_token(m, seq: int) -> tuple[float, float]:
     return per_layer, core_attention
 
 
-def predict_step(cfg, layout, params_by_stage: list[int] | None = None) -> StepTime:
+def predict_step(cfg, layout, params_by_stage: list[int]) -> StepTime:
     """Predicted step time of `layout` for cfg's model, batch and hardware."""
     m, t, hw = cfg.model, cfg.train, cfg.hardware
-    dpn = _get(cfg.cluster, "devices_per_node") or _get(hw, "devices_per_node") or layout.world_size
-    peak = _peak(hw, t.precision) or _peak(hw, "bf16")
-    rate = peak * hw.compute_efficiency
+    dpn = devices_per_node(cfg) or layout.world_size
+    true_peak = peak_flops(hw, t.precision)
+    rate = (true_peak or peak_flops(hw, "bf16")) * hw.compute_efficiency
     e = bytes_per_element(cfg)
     tokens = t.micro_batch_size * t.seq_length / layout.cp  # per rank of a CP group, per micro-batch
-    sp = layout.tp if sequence_parallel(cfg, layout) else 1
+    sp = sp_degree(cfg, layout)
     h, k = m.hidden_size, m.moe_router_topk
     layers = layers_per_stage(cfg, layout)
     full_recompute = t.recompute == "full"
@@ -179,16 +177,14 @@ def predict_step(cfg, layout, params_by_stage: list[int] | None = None) -> StepT
     bubble = (layout.pp - 1) / layout.vpp * microbatch
 
     dp_comm, dp_exposed = _data_parallel(cfg, layout, params_by_stage, dpn, compute + recompute)
-    step = pipeline + dp_exposed
-    tokens_per_device = t.global_batch_size * t.seq_length / step / layout.world_size
-    model_flops = flops_per_token(m, t.seq_length) * tokens_per_device
-    true_peak = _peak(hw, t.precision)
+    throughput = ThroughputModel(t.global_batch_size * t.seq_length, layout.world_size,
+                                 flops_per_token(m, t.seq_length), true_peak).step_metrics(pipeline + dp_exposed)
     return StepTime(
         compute_s=compute, recompute_s=recompute, tp_comm_s=tp, ep_comm_s=ep, cp_comm_s=cp, pp_comm_s=pp,
         microbatch_s=microbatch, microbatches=micro, pipeline_s=pipeline, bubble_s=bubble,
-        dp_comm_s=dp_comm, dp_exposed_s=dp_exposed, step_time_s=step,
-        tokens_per_sec_per_device=tokens_per_device, tflops_per_device=model_flops / 1e12,
-        mfu=model_flops / true_peak if true_peak else None)
+        dp_comm_s=dp_comm, dp_exposed_s=dp_exposed, step_time_s=throughput["step_time_s"],
+        tokens_per_sec_per_device=throughput["tokens_per_sec_per_device"],
+        tflops_per_device=throughput["tflops_per_device"], mfu=throughput["mfu"])
 
 
 def _data_parallel(cfg, layout, params_by_stage, dpn: int, microbatch_compute: float) -> tuple[float, float]:
@@ -198,14 +194,11 @@ def _data_parallel(cfg, layout, params_by_stage, dpn: int, microbatch_compute: f
     (overlap_grad_reduce) and the gather of each bucket ahead of its forward (overlap_param_gather):
     they hide behind the backward, respectively forward, of one micro-batch.
     """
-    if not params_by_stage:
-        return 0.0, 0.0
     params = max(params_by_stage)
     expert = min(expert_params_per_rank(cfg.model, layout), params)
     dense = params - expert
     dense_group = Group(layout.dp * layout.cp, layout.tp)
-    edp = layout.tp * layout.cp * layout.dp // (layout.ep * layout.etp)
-    expert_group = Group(edp, layout.ep * layout.etp)
+    expert_group = Group(expert_data_parallel(layout), layout.ep * layout.etp)
     hw, e = cfg.hardware, bytes_per_element(cfg)
     reduce = ring_time(hw, dpn, dense_group, dense * 4) + ring_time(hw, dpn, expert_group, expert * 4)
     if cfg.parallel.distributed_optimizer:
@@ -213,8 +206,4 @@ def _data_parallel(cfg, layout, params_by_stage, dpn: int, microbatch_compute: f
     else:  # all-reduce = reduce-scatter + all-gather of the fp32 gradients
         reduce, gather = 2 * reduce, 0.0
     backward, forward = microbatch_compute * 2 / 3, microbatch_compute / 3
-    if cfg.parallel.distributed_optimizer:
-        exposed = max(0.0, reduce - backward) + max(0.0, gather - forward)
-    else:
-        exposed = max(0.0, reduce - backward)
-    return reduce + gather, exposed
+    return reduce + gather, max(0.0, reduce - backward) + max(0.0, gather - forward)

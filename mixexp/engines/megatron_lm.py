@@ -141,7 +141,7 @@ def run_megatron_lm(cfg, layout: Layout, run_dir: Path) -> dict:
     from mixexp.flops import flops_per_token, padded_vocab_size, params_total
     from mixexp.launch import free_port, supervise, torchrun_prefix, worker_env
     from mixexp.megatron_args import io_args, render
-    from mixexp.metrics import summarize
+    from mixexp.metrics import peak_flops, summarize
     from mixexp.report import MetricsWriter, write_summary
 
     run_dir = Path(run_dir)
@@ -161,7 +161,7 @@ def run_megatron_lm(cfg, layout: Layout, run_dir: Path) -> dict:
     env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"  # Megatron-LM refuses sequence parallelism without it
     t = cfg.train
     vocab = padded_vocab_size(cfg.model, cfg.parallel.tp)
-    peak = cfg.hardware.peak_flops_bf16 if t.precision == "bf16" else cfg.hardware.peak_flops_fp32
+    peak = peak_flops(cfg.hardware, t.precision)
     parser = LogParser(t.seq_length, t.global_batch_size, layout.world_size,
                        flops_per_token(cfg.model, t.seq_length, vocab), peak)
     writer = MetricsWriter(run_dir, t.iters, t.log_interval)
