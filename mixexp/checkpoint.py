@@ -156,7 +156,8 @@ def save(root: Path, step: int, chunks, optimizer, scheduler, cfg, layout) -> Pa
         dist_checkpointing.save(state, str(tmp))
     if cfg.ckpt.fault_during_save == step and _rank() == 0:
         os.kill(os.getpid(), signal.SIGKILL)  # files written, nothing committed: `latest` must not change
-    _barrier()
+    # No barrier here: megatron-core's synchronous save ends with one (after metadata.json), so every
+    # rank's shards are written before rank 0 commits.
     final = root / ckpt_dirs.iter_name(step)
     if _rank() == 0:
         ckpt_dirs.commit(root, tmp, cfg.ckpt.keep_last)
