@@ -283,15 +283,16 @@ def _iter_csv_chunks(
         header = next(csv.reader(f), [])
     _check_columns(path, header, spec)
     cols = _needed_columns(spec, header)
-    invalid: list = []
+    failed_row = None  # the malformed row pyarrow was told to fail on (skip_bad_rows off)
 
     def on_invalid(row) -> str:
-        invalid.append(row)
+        nonlocal failed_row
         if skip_bad_rows:
             malformed.count += 1
             if len(malformed.examples) < MAX_EXAMPLES:
                 malformed.examples.append(_malformed_csv_row(path, row))
             return "skip"
+        failed_row = row
         return "error"
 
     try:
@@ -305,7 +306,7 @@ def _iter_csv_chunks(
             ),
         )
     except Exception as exc:
-        raise _csv_error(path, exc, invalid) from None
+        raise _csv_error(path, exc, failed_row) from None
     row = 1
     try:
         for batch in reader:
@@ -318,7 +319,7 @@ def _iter_csv_chunks(
     except PreprocessError:
         raise
     except Exception as exc:
-        raise _csv_error(path, exc, invalid) from None
+        raise _csv_error(path, exc, failed_row) from None
 
 
 def _malformed_csv_row(path: str, row) -> str:
@@ -326,8 +327,8 @@ def _malformed_csv_row(path: str, row) -> str:
     return f"{path}: {where}: expected {row.expected_columns} columns, got {row.actual_columns}"
 
 
-def _csv_error(path: str, exc: BaseException, invalid: list) -> PreprocessError:
+def _csv_error(path: str, exc: BaseException, failed_row) -> PreprocessError:
     # a malformed row made pyarrow fail: name that row, like bad rows in other formats
-    if invalid:
-        return PreprocessError(_malformed_csv_row(path, invalid[-1]) + SKIP_HINT)
+    if failed_row is not None:
+        return PreprocessError(_malformed_csv_row(path, failed_row) + SKIP_HINT)
     return _arrow_error(path, exc)
