@@ -97,7 +97,7 @@ def inner_optimizers(optimizer) -> list:
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
-def _torch_optimizers(optimizer) -> list:
+def torch_optimizers(optimizer) -> list:
     return [o.optimizer for o in inner_optimizers(optimizer) if getattr(o, "optimizer", None) is not None]
 
 
@@ -113,7 +113,7 @@ def allocate_state(optimizer) -> None:
 
 
 def adam_step(optimizer) -> int:
-    steps = {int(s["step"]) for opt in _torch_optimizers(optimizer) for s in opt.state.values() if "step" in s}
+    steps = {int(s["step"]) for opt in torch_optimizers(optimizer) for s in opt.state.values() if "step" in s}
     if len(steps) > 1:
         raise ValueError(f"optimizer parameters disagree on Adam's step count: {sorted(steps)}")
     return steps.pop() if steps else 0
@@ -136,7 +136,7 @@ def with_adam_step(optimizer, loaded: dict, step: int) -> dict:
 
 
 def set_adam_step(optimizer, step: int) -> None:
-    for opt in _torch_optimizers(optimizer):
+    for opt in torch_optimizers(optimizer):
         for state in opt.state.values():
             state["step"] = torch.tensor(float(step))  # one tensor each: Adam increments it in place
 

@@ -18,6 +18,8 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from mixexp import ckpt_compat
+
 
 @dataclass
 class StepResult:
@@ -86,11 +88,9 @@ def use_fused_adam(optimizer) -> None:
             for group in opt.param_groups:
                 group.update(fused=True, foreach=False)
 
-    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(chained, "optimizer", None)
-        if inner is not None:
-            fused(inner)
-            inner.register_load_state_dict_post_hook(fused)
+    for inner in ckpt_compat.torch_optimizers(optimizer):
+        fused(inner)
+        inner.register_load_state_dict_post_hook(fused)
 
 
 def _loss(loss_mask, output_tensor):
