@@ -115,10 +115,6 @@ class HandlerSpec:
     def column_for(self, field_name: str) -> str:
         return dict(self.columns).get(field_name, field_name)
 
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        return self.json_keys if self.name == "pretrain" else ALPACA_OUTPUT_KEYS
-
 
 def make_handler_spec(
     name: str,

@@ -126,9 +126,6 @@ class _Int64Buffer:
     def __len__(self) -> int:
         return self._size
 
-    def last(self) -> int:
-        return int(self._data[self._size - 1])
-
     def array(self) -> np.ndarray:
         return self._data[: self._size]
 
@@ -157,10 +154,6 @@ class IndexedWriter:
         self._tokens = 0
         self._closed = False
         self._bin = open(self.tmp_bin_path, "wb")
-
-    @property
-    def num_documents(self) -> int:
-        return len(self._doc_indices) - 1
 
     @property
     def num_tokens(self) -> int:

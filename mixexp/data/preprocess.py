@@ -74,12 +74,9 @@ from mixexp.data import handlers as H
 from mixexp.data import indexed
 from mixexp.data.outputs import OutputDatasets, output_prefixes
 from mixexp.data.progress import Progress
-from mixexp.data.readers import (  # noqa: F401  (CHUNK_BYTES, FORMATS, SKIP_HINT: re-exported)
-    CHUNK_BYTES,
+from mixexp.data.readers import (
     CHUNK_ROWS,
-    FORMATS,
     MAX_EXAMPLES,
-    SKIP_HINT,
     MalformedCsvRows,
     PreprocessError,
     discover_inputs,
