@@ -38,14 +38,24 @@ def params_total(m, padded_vocab: int | None = None) -> int:
     return m.num_layers * params_per_layer(m) + embeddings + m.hidden_size  # + final norm
 
 
-def flops_per_token(m, seq_length: int, padded_vocab: int | None = None) -> float:
-    """Training FLOPs (forward + backward) per token."""
-    vocab = padded_vocab or m.vocab_size
-    h, layers = m.hidden_size, m.num_layers
+def layer_flops_per_token(m, seq_length: int) -> float:
+    """Training FLOPs (forward + backward) per token of one decoder layer."""
+    h = m.hidden_size
     q_ratio = m.num_attention_heads * kv_channels(m) / h
     attention = (1 + m.num_query_groups / m.num_attention_heads + seq_length / (2 * h)) * q_ratio
     if m.num_experts:
         mlp = (m.moe_ffn_hidden_size or m.ffn_hidden_size) / h * m.moe_router_topk * 1.5
     else:
         mlp = m.ffn_hidden_size / h * 1.5
-    return 12 * layers * h * h * (attention + mlp) + 6 * h * vocab
+    return 12 * h * h * (attention + mlp)
+
+
+def core_attention_flops_per_token(m, seq_length: int) -> float:
+    """The part of a layer's FLOPs per token in QK^T and AV (causal half), what selective recompute redoes."""
+    return 6 * seq_length * m.num_attention_heads * kv_channels(m)
+
+
+def flops_per_token(m, seq_length: int, padded_vocab: int | None = None) -> float:
+    """Training FLOPs (forward + backward) per token."""
+    vocab = padded_vocab or m.vocab_size
+    return m.num_layers * layer_flops_per_token(m, seq_length) + 6 * m.hidden_size * vocab

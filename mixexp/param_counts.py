@@ -72,10 +72,13 @@ def compose(parts: dict, num_layers: int, pp: int) -> list[int]:
 _MEMORY: dict[str, dict] = {}  # model key -> layout key -> parts, for this process
 
 
-def prefetch(requests: list, workers: int = 2, use_cache: bool = True) -> None:
+WORKERS = 2  # processes that count, for 16 layouts or more
+
+
+def prefetch(requests: list) -> None:
     """Count, in as few worker processes as possible, what `requests` [(config, layouts), ...] need."""
     todo: dict[str, tuple[dict, dict]] = {}  # model key -> (config, {layout key: degrees})
-    disk = _load(cache_path()) if use_cache else {}
+    disk = _load(cache_path())
     for config, layouts in requests:
         mkey = model_key(config["model"])
         known = _MEMORY.setdefault(mkey, {})
@@ -87,7 +90,7 @@ def prefetch(requests: list, workers: int = 2, use_cache: bool = True) -> None:
     jobs = [(mkey, config, key, degrees) for mkey, (config, missing) in todo.items() for key, degrees in missing.items()]
     if not jobs:
         return
-    workers = 1 if len(jobs) < 16 else workers  # each worker pays megatron-core's import (~6 s of CPU)
+    workers = 1 if len(jobs) < 16 else WORKERS  # each worker pays megatron-core's import (~6 s of CPU)
     procs = [_start(jobs[i::workers]) for i in range(min(workers, len(jobs)))]
     for proc in procs:
         out, err = proc.communicate()
@@ -96,19 +99,18 @@ def prefetch(requests: list, workers: int = 2, use_cache: bool = True) -> None:
             raise RuntimeError(f"parameter counting failed: {last}")
         for mkey, key, parts in json.loads(out.strip().splitlines()[-1]):
             _MEMORY[mkey][key] = parts
-    if use_cache:
-        disk = _load(cache_path())
-        for mkey in todo:
-            disk.setdefault(mkey, {}).update(_MEMORY[mkey])
-        _save(cache_path(), disk)
+    disk = _load(cache_path())
+    for mkey in todo:
+        disk.setdefault(mkey, {}).update(_MEMORY[mkey])
+    _save(cache_path(), disk)
 
 
-def stage_counts(config: dict, layouts: list, use_cache: bool = True) -> dict:
+def stage_counts(config: dict, layouts: list) -> dict:
     """{layout: [params of a rank of stage 0, 1, ...]} for every layout.
 
     `config` is a plain dict with the model, train, parallel and hardware sections.
     """
-    prefetch([(config, layouts)], use_cache=use_cache)
+    prefetch([(config, layouts)])
     known, layers = _MEMORY[model_key(config["model"])], config["model"]["num_layers"]
     return {layout: compose(known[layout_key(layout)], layers, layout.pp) for layout in layouts}
 

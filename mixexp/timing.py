@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from mixexp.flops import flops_per_token, kv_channels
+from mixexp.flops import core_attention_flops_per_token, flops_per_token, kv_channels, layer_flops_per_token
 from mixexp.layout import devices_per_node
 from mixexp.memory import (bytes_per_element, expert_data_parallel, expert_params_per_rank, layers_per_stage,
                            num_microbatches, sp_degree)
@@ -105,13 +105,6 @@ class StepTime:
         return asdict(self)
 
 
-def _layer_flops_per_token(m, seq: int) -> tuple[float, float]:
-    """(one layer, its core attention) training FLOPs per token, Megatron's convention."""
-    per_layer = (flops_per_token(m, seq) - 6 * m.hidden_size * m.vocab_size) / m.num_layers
-    core_attention = 6 * seq * m.num_attention_heads * kv_channels(m)  # QK^T and AV, causal half
-    return per_layer, core_attention
-
-
 def predict_step(cfg, layout, params_by_stage: list[int]) -> StepTime:
     """Predicted step time of `layout` for cfg's model, batch and hardware."""
     m, t, hw = cfg.model, cfg.train, cfg.hardware
@@ -126,7 +119,7 @@ def predict_step(cfg, layout, params_by_stage: list[int]) -> StepTime:
     full_recompute = t.recompute == "full"
 
     # Compute of one micro-batch on one device of the last stage (it also runs the output layer).
-    layer_f, core_f = _layer_flops_per_token(m, t.seq_length)
+    layer_f, core_f = layer_flops_per_token(m, t.seq_length), core_attention_flops_per_token(m, t.seq_length)
     per_device = tokens / layout.tp
     compute = per_device * (layers * layer_f + 6 * h * m.vocab_size) / rate
     recompute = {"none": 0.0, "selective": core_f / 3, "full": layer_f / 3}[t.recompute] * per_device * layers / rate
