@@ -104,10 +104,11 @@ def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSp
     if device == "cuda":
         from mixexp.devices import cuda
 
-        te_spec = cuda.te_layer_spec(config)
+        options = cuda.spec_options()
+        te_spec = cuda.te_layer_spec(config, options)
         if te_spec is not None:
             return te_spec
-        grouped = cuda.spec_options()[1]
+        grouped = options[1]
     layer = copy.deepcopy(get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=grouped,
                                                    normalization="RMSNorm"))
     sub = layer.submodules

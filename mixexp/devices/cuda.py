@@ -32,9 +32,10 @@ def spec_options() -> tuple[bool, bool]:
     return False, _imports("grouped_gemm")  # GroupedMLP over the grouped_gemm kernels
 
 
-def te_layer_spec(config):
-    """(Transformer Engine's MoE layer spec, its final norm) when TE imports here, else None."""
-    te, grouped = spec_options()
+def te_layer_spec(config, options: tuple[bool, bool] | None = None):
+    """(Transformer Engine's MoE layer spec, its final norm) when TE imports here, else None.
+    `options`: spec_options(), when the caller has them already (failed imports are not cached)."""
+    te, grouped = options or spec_options()
     if not te:
         return None
     from megatron.core.extensions.transformer_engine import TENorm
