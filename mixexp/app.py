@@ -22,9 +22,10 @@ def nproc_per_node(cfg, layout: Layout) -> int:
     return layout.world_size // cfg.cluster.nnodes
 
 
-def run_identity(cfg, run_dir: Path) -> tuple[str | None, str]:
-    """(W&B group, run name): a sweep's jobs share a group named after the sweep."""
-    group, name = cfg.logger.group, run_dir.name
+def run_group(cfg) -> str | None:
+    """The W&B group: a sweep's jobs share one named after the sweep. (The run's name is its
+    directory's, which the ranks have.)"""
+    group = cfg.logger.group
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -35,7 +36,7 @@ def run_identity(cfg, run_dir: Path) -> tuple[str | None, str]:
             group = sweep_group(hydra_cfg.sweep.dir)
     except ValueError:  # not inside a Hydra job (a test calling train() directly)
         pass
-    return group, name
+    return group
 
 
 def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None, run_dir: Path) -> DictConfig:
@@ -44,7 +45,7 @@ def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None, run_
     OmegaConf.set_struct(resolved, False)
     resolved.cluster.devices_per_node = nproc_per_node(cfg, layout)
     resolved.data_prefix = data_prefix
-    resolved.run_group, resolved.run_name = run_identity(cfg, run_dir)
+    resolved.run_group = run_group(cfg)
     resolved.cluster.update(cluster.resolve(cfg.cluster))
     return resolved
 

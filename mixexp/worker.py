@@ -46,7 +46,7 @@ def _wandb(cfg, layout, world: int, run_dir: Path):
     from mixexp.wandb_logger import WandbLogger
 
     lg = cfg.logger
-    return WandbLogger(project=lg.project, group=cfg.get("run_group"), name=cfg.get("run_name") or run_dir.name,
+    return WandbLogger(project=lg.project, group=cfg.get("run_group"), name=run_dir.name,
                        config=OmegaConf.to_container(cfg, resolve=True),
                        layout={**layout.as_dict(), "world_size": world}, run_dir=str(run_dir),
                        mode=lg.mode, entity=lg.entity, tags=list(lg.tags))
