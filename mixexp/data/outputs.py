@@ -20,8 +20,6 @@ from mixexp.data import indexed
 def output_prefixes(output_prefix: str, handler: str = "pretrain", json_keys: Sequence[str] = ("text",)) -> dict[str, str]:
     """``{key: prefix}`` of the datasets :func:`~mixexp.data.preprocess.preprocess` writes."""
     if handler == "pretrain":
-        if isinstance(json_keys, str):
-            json_keys = (json_keys,)
         return {k: f"{output_prefix}_{k}_document" for k in json_keys}
     return {k: f"{output_prefix}_packed_{k}_document" for k in H.ALPACA_OUTPUT_KEYS}
 

@@ -265,14 +265,13 @@ def preprocess_from_config(cfg: Any) -> dict:
     tok_cfg = _plain(get("tokenizer")) or {}
     if isinstance(tok_cfg, str):  # tokenizer=hf, or tokenizer=/path/tokenizer.model|tokenizer.json
         tok_cfg = _tokenizer_shorthand(tok_cfg)
-    json_keys = handler_cfg.get("json_keys") or ["text"]
     return preprocess(
         input_path,
         get("output_prefix"),
         handler=handler_cfg.get("name", "pretrain"),
         tokenizer_kind=tok_cfg.get("kind", "mixtral"),
         tokenizer_path=tok_cfg.get("path"),
-        json_keys=[json_keys] if isinstance(json_keys, str) else list(json_keys),
+        json_keys=handler_cfg.get("json_keys") or ["text"],  # a string is one key (make_handler_spec)
         columns=handler_cfg.get("columns") or None,
         append_eod=bool(get("append_eod", True)),
         add_bos=bool(get("add_bos", True)),
