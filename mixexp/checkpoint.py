@@ -43,14 +43,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded into this run; the message says why and what to do."""
 
 
-def _rank() -> int:
-    return dist.get_rank()
-
-
-def _barrier() -> None:
-    dist.barrier()
-
-
 @contextmanager
 def _quiet():
     """torch's checkpoint API warns about its deprecated ShardedTensor on every call Megatron makes."""
@@ -63,14 +55,8 @@ def _quiet():
 
 
 def model_sharded_state_dict(chunks) -> dict:
-    """The unwrapped GPTModel chunks' sharded state dicts (keys are global, not per chunk)."""
-    return {f"chunk{i}": _unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
-
-
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
+    """The GPTModel chunks' sharded state dicts (keys are global, not per chunk)."""
+    return {f"chunk{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
 
 
 def optimizer_sharded_state_dict(optimizer, model_sd: dict, is_loading: bool) -> dict:
@@ -99,7 +85,7 @@ def set_rng_state(state: dict) -> None:
 
 def _rng_object(data) -> ShardedObject:
     world = dist.get_world_size()
-    return ShardedObject("rng_state", data, (world,), (_rank(),), replica_id=0)
+    return ShardedObject("rng_state", data, (world,), (dist.get_rank(),), replica_id=0)
 
 
 def layout_record(layout) -> dict:
@@ -135,9 +121,9 @@ def save(root: Path, step: int, chunks, optimizer, scheduler, cfg, layout) -> Pa
     _writer_results_queue_outlives_stop()
     root = Path(root)
     tmp = root / f"{ckpt_dirs.iter_name(step)}.tmp"
-    if _rank() == 0:
+    if dist.get_rank() == 0:
         ckpt_dirs.begin(root, step)
-    _barrier()
+    dist.barrier()
     model_sd = model_sharded_state_dict(chunks)
     state = {
         "model": model_sd,
@@ -154,14 +140,14 @@ def save(root: Path, step: int, chunks, optimizer, scheduler, cfg, layout) -> Pa
     }
     with _quiet():
         dist_checkpointing.save(state, str(tmp))
-    if cfg.ckpt.fault_during_save == step and _rank() == 0:
+    if cfg.ckpt.fault_during_save == step and dist.get_rank() == 0:
         os.kill(os.getpid(), signal.SIGKILL)  # files written, nothing committed: `latest` must not change
     # No barrier here: megatron-core's synchronous save ends with one (after metadata.json), so every
     # rank's shards are written before rank 0 commits.
     final = root / ckpt_dirs.iter_name(step)
-    if _rank() == 0:
+    if dist.get_rank() == 0:
         ckpt_dirs.commit(root, tmp, cfg.ckpt.keep_last)
-    _barrier()
+    dist.barrier()
     return final
 
 
@@ -182,7 +168,7 @@ def _check_model_shape(saved: dict | None, model_cfg, path: Path) -> None:
 
 def _load_model(chunks, loaded: dict) -> None:
     for i, chunk in enumerate(chunks):
-        missing, unexpected = _unwrap(chunk).load_state_dict(loaded[f"chunk{i}"], strict=False)
+        missing, unexpected = chunk.load_state_dict(loaded[f"chunk{i}"], strict=False)
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
             raise CheckpointError(f"model keys missing from the checkpoint: {missing}; unexpected: {unexpected}")
