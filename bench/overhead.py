@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rank import REPO, FixedBatches, _free_port, build_trainer, compose
+from rank import REPO, FixedBatches, build_trainer, compose
 
 PY = sys.executable
 PEER = r"""
@@ -113,6 +113,7 @@ def loop(steps: int, overrides: list[str]) -> None:
     from mixexp.app import worker_config
     from mixexp.data import loader
     from mixexp.data.prepare import prepare_data
+    from mixexp.launch import free_port
     from mixexp.layout import validate
 
     cfg = compose(f"train.iters={steps}", "train.log_interval=1", *overrides)
@@ -156,7 +157,7 @@ def loop(steps: int, overrides: list[str]) -> None:
         report.MetricsWriter, loader.MicroBatches.step, loader.build_dataset = (AlternatingWriter, timed_batches,
                                                                                  keep_dataset)
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
         from mixexp import worker
 
         worker.run(wcfg, run_dir, 0, 1)

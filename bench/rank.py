@@ -8,7 +8,6 @@ without the launcher and torchrun around them.
 
 from __future__ import annotations
 
-import socket
 import sys
 import warnings
 from pathlib import Path
@@ -19,13 +18,11 @@ sys.path.insert(0, str(REPO))
 
 def compose(*overrides: str):
     """The config `python train.py OVERRIDES` would compose (no Hydra run directory)."""
-    import mixexp.config  # noqa: F401  (registers the schemas)
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = hydra_compose("train", overrides=list(overrides))
+    from mixexp.megatron_args import compose as compose_train
+
+    cfg = compose_train(list(overrides))
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     resolved.data.cache_dir = str(REPO / ".cache" / "data")  # ${hydra:...} needs a Hydra run
     return resolved
@@ -60,15 +57,10 @@ def synthetic_batches(cfg) -> list[dict]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_single_rank(cfg):
     """Device adaptor, gloo world of one, megatron parallel state. Returns the layout."""
     from mixexp import devices
+    from mixexp.launch import free_port
     from mixexp.layout import validate
 
     layout = validate(cfg)
@@ -81,7 +73,7 @@ def init_single_rank(cfg):
 
     torch.manual_seed(cfg.train.seed)
     if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     from megatron.core import parallel_state, tensor_parallel
 
     devices.finish("cpu")

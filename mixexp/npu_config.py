@@ -52,12 +52,10 @@ FIELDS = tuple(f.name for f in fields(NpuConfig))
 
 def npu_config(cfg: Any) -> NpuConfig:
     """The run's NpuConfig: `cfg.npu` where the root config has it, the defaults elsewhere."""
-    node = cfg.get("npu") if hasattr(cfg, "get") else getattr(cfg, "npu", None)
+    node = cfg.get("npu")
     if node is None:
         return NpuConfig()
-    if isinstance(node, NpuConfig):
-        return node
-    values = dict(node.items()) if hasattr(node, "items") else dict(vars(node))
+    values = dict(node.items())
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         from mixexp.errors import ConfigError

@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
-def compose(*overrides: str, config_name: str = "train"):
-    import mixexp.config  # noqa: F401  (registers the schemas)
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def compose(*overrides: str):
+    """The root config `python train.py OVERRIDES` composes."""
+    from mixexp.megatron_args import compose as compose_train
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return hydra_compose(config_name, overrides=list(overrides))
+    return compose_train(list(overrides))
 
 
 def run_train(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -130,7 +130,7 @@ def test_a_trained_checkpoint_exports_with_a_named_tokenizer(hf_model, converted
     assert not torch.equal(exported.lm_head.weight, hf_model[0].lm_head.weight)  # trained, not the original
 
     # On the first global batch the run trained on, the exported model's loss is below the original's.
-    assert first_batch_loss(exported, run, iters=2) < first_batch_loss(hf_model[0], run, iters=2) - 0.05
+    assert first_batch_loss(exported, run) < first_batch_loss(hf_model[0], run) - 0.05
 
 
 def test_a_tokenizer_dir_without_tokenizer_files_is_refused(converted, tmp_path):
@@ -188,19 +188,20 @@ def test_finetune_on_alpaca_starts_at_the_hf_loss_and_falls(hf_model, converted,
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
     # transformers' loss on the same first global batch (8 samples, prompt tokens masked)
-    assert rows[0]["loss"] == pytest.approx(first_batch_loss(hf_model[0], tmp_path, iters=4), abs=1e-4)
+    assert rows[0]["loss"] == pytest.approx(first_batch_loss(hf_model[0], tmp_path), abs=1e-4)
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.1
 
 
-def first_batch_loss(model, run_dir, iters: int) -> float:
-    """transformers' masked LM loss on the first global batch (8 samples) of an alpaca run in `run_dir`."""
+def first_batch_loss(model, run_dir) -> float:
+    """transformers' masked LM loss on the first global batch of the alpaca run in `run_dir`."""
     from omegaconf import OmegaConf
 
     from mixexp.data.instruction_dataset import InstructionDataset
 
     worker_cfg = OmegaConf.load(run_dir / "worker_config.yaml")
-    dataset = InstructionDataset(worker_cfg.data_prefix, 128, iters * 8, worker_cfg.train.seed)
-    batch = [dataset[i] for i in range(8)]
+    t = worker_cfg.train
+    dataset = InstructionDataset(worker_cfg.data_prefix, t.seq_length, t.iters * t.global_batch_size, t.seed)
+    batch = [dataset[i] for i in range(t.global_batch_size)]
     tokens, labels, mask = (torch.stack([torch.as_tensor(s[k]) for s in batch]) for k in ("tokens", "labels", "loss_mask"))
     assert mask.sum() > 100  # enough answer tokens for the loss to mean something
     with torch.no_grad():
