@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from mixexp.ckpt_dirs import CONTENT
-from mixexp.hf_mixtral import Block, MixtralShape, blocks, hf_shapes, layer_of, region
+from mixexp.hf_mixtral import Block, MixtralShape, blocks, hf_names, hf_shapes, layer_of, region
 
 FORMAT = 1
 IGNORED_HF_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old exports carry; derived, not weights
@@ -315,7 +315,7 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None, tokenizer: str 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weight_map = {}
-    group_numel = [sum(_numel(shapes[name]) for name in dict.fromkeys(b.hf for b in g)) for g in groups]
+    group_numel = [sum(_numel(shapes[name]) for name in hf_names(g)) for g in groups]
     done, start = 0, time.perf_counter()
     for i, group in enumerate(groups):
         tensors = _load_group(ckpt, group, stored, shapes)
