@@ -28,6 +28,7 @@ as one safetensors file before reading the next.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -156,7 +157,7 @@ def _model_config_check(shape: MixtralShape, model: str | None) -> None:
     if not conf.exists():
         raise ConvertError(f"model={model}: no {conf}")
     ours = MixtralShape.from_model_config(OmegaConf.load(conf))
-    theirs = MixtralShape.from_hf({**shape.hf_config(), "max_position_embeddings": ours.max_position_embeddings})
+    theirs = dataclasses.replace(shape, max_position_embeddings=ours.max_position_embeddings)
     diffs = ours.differences(theirs)
     if diffs:
         raise ConvertError(f"the HF config differs from model={model} (ours vs HF): {'; '.join(diffs)}")
