@@ -337,8 +337,8 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None, tokenizer: str 
     for f in side_files:
         shutil.copyfile(f, tmp / f.name)
     if not side_files:
-        print(f"[mixexp] {out} has no tokenizer files: add tokenizer=HF_DIR to copy them from a Hugging Face "
-              f"model directory", file=sys.stderr)
+        _progress(f"{out} has no tokenizer files: add tokenizer=HF_DIR to copy them from a Hugging Face "
+                  f"model directory")
     tmp.rename(out)
     return out
 
