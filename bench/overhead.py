@@ -153,7 +153,7 @@ def loop(steps: int, overrides: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
         prefix = prepare_data(cfg.data, cfg.train.seq_length)
-        wcfg = worker_config(cfg, layout, prefix, run_dir)
+        wcfg = worker_config(cfg, layout, prefix)
         report.MetricsWriter, loader.MicroBatches.step, loader.build_dataset = (AlternatingWriter, timed_batches,
                                                                                  keep_dataset)
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

@@ -39,7 +39,7 @@ def run_group(cfg) -> str | None:
     return group
 
 
-def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None, run_dir: Path) -> DictConfig:
+def worker_config(cfg: DictConfig, layout: Layout, data_prefix: str | None) -> DictConfig:
     """The resolved config the ranks read, with derived values filled in."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(resolved, False)
@@ -82,7 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered before launching
 
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
-    code = launch(worker_config(cfg, layout, prefix, run_dir), run_dir, nproc_per_node(cfg, layout))
+    code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))
     summary_path = run_dir / "summary.json"
     if code == 0 and summary_path.exists():
         return json.loads(summary_path.read_text())

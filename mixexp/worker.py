@@ -110,7 +110,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     from mixexp.flops import flops_per_token, params_total
     from mixexp.init_weights import init_layout_independent
     from mixexp.loop import Trainer, build_optimizer, wrap_ddp
-    from mixexp.metrics import ThroughputModel, summarize
+    from mixexp.metrics import ThroughputModel, peak_flops, summarize
     from mixexp.model import build_model_chunks, count_parameters, padded_vocab_size
     from mixexp.report import MetricsWriter, write_summary
 
@@ -134,7 +134,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     trainer = Trainer(model, optimizer, scheduler, config, cfg, microbatches)
 
     vocab = padded_vocab_size(cfg)
-    peak = cfg.hardware.peak_flops_bf16 if t.precision == "bf16" else cfg.hardware.peak_flops_fp32
+    peak = peak_flops(cfg.hardware, t.precision)
     throughput = ThroughputModel(t.global_batch_size * t.seq_length, world,
                                  flops_per_token(cfg.model, t.seq_length, vocab), peak)
     reporting = rank == world - 1  # a rank of the last pipeline stage, where the loss is
