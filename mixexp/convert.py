@@ -165,6 +165,9 @@ def _model_config_check(shape: MixtralShape, model: str | None) -> None:
 
 def hf_to_mcore(hf: Path, out: Path, model: str | None = None) -> Path:
     hf, out = Path(hf), Path(out)
+    if not (hf / "config.json").is_file():
+        raise ConvertError(f"hf={hf} has no config.json: point hf= at a Hugging Face Mixtral model directory "
+                           f"(config.json and *.safetensors)")
     config = json.loads((hf / "config.json").read_text())
     shape = MixtralShape.from_hf(config)
     _model_config_check(shape, model)
@@ -303,6 +306,9 @@ def mcore_to_hf(ckpt: Path, out: Path, dtype: str | None = None, tokenizer: str 
     if dtype not in cast:
         raise ConvertError(f"dtype={dtype}: one of bf16, fp16, fp32 (default: as stored)")
     _quiet()
+    if not (ckpt / "common.pt").is_file():
+        raise ConvertError(f"ckpt={ckpt} is not a checkpoint (no common.pt): point ckpt= at an iter_XXXXXXX "
+                           f"directory or at what hf_to_mcore wrote")
     common = torch.load(ckpt / "common.pt", weights_only=False)
     side_files = _side_files(tokenizer, common)
     config = common.get("hf_config")

@@ -133,6 +133,18 @@ def test_a_trained_checkpoint_exports_with_a_named_tokenizer(hf_model, converted
     assert first_batch_loss(exported, run) < first_batch_loss(hf_model[0], run) - 0.05
 
 
+def test_missing_inputs_are_named(tmp_path):
+    result = run_convert("hf_to_mcore", f"hf={tmp_path / 'nowhere'}", f"out={tmp_path / 'out'}", timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: hf={tmp_path / 'nowhere'} has no config.json: point hf= at a Hugging Face Mixtral model directory "
+        f"(config.json and *.safetensors)")
+    result = run_convert("mcore_to_hf", f"ckpt={tmp_path}", f"out={tmp_path / 'out'}", timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: ckpt={tmp_path} is not a checkpoint (no common.pt): point ckpt= at an iter_XXXXXXX directory or "
+        f"at what hf_to_mcore wrote")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_tokenizer_dir_without_tokenizer_files_is_refused(converted, tmp_path):
     result = run_convert("mcore_to_hf", f"ckpt={converted}", f"out={tmp_path / 'out'}", f"tokenizer={tmp_path}",
                          timeout=60)
