@@ -156,7 +156,7 @@ def preprocess(
     completed = False
     try:
         # Workers first: forked before any output file is open or progress thread runs.
-        pool = start_workers(workers, spec, tokenizer_kind, tokenizer_path, skip_bad_rows, tokenizer)
+        pool = start_workers(workers, spec, tokenizer, skip_bad_rows)
         outputs = OutputDatasets(spec, prefixes, dtypes, packer)
         progress = Progress(show_progress, total_units, "tokenizing")
         chunks = iter_chunks(files, spec, skip_bad_rows, int(chunk_rows), malformed_csv)

@@ -17,7 +17,6 @@ from typing import Iterable, Iterator
 from mixexp.data import handlers as H
 from mixexp.data.readers import MAX_EXAMPLES, SKIP_HINT, Chunk
 from mixexp.data.records import MISSING, check_value, records
-from mixexp.data.tokenizers import load_tokenizer
 
 
 @dataclass
@@ -35,17 +34,17 @@ class ChunkResult:
 _WORKER: dict = {}
 
 
-def start_workers(workers: int, spec: H.HandlerSpec, tokenizer_kind: str, tokenizer_path: str | None,
-                  skip_bad_rows: bool, tokenizer):
+def start_workers(workers: int, spec: H.HandlerSpec, tokenizer, skip_bad_rows: bool):
     """The process pool for ``workers > 1`` (every worker started), else ``None``.
 
-    With one worker, the calling process is set up to process chunks itself with
-    ``tokenizer``; pool workers load their own tokenizer.
+    With one worker, the calling process is set up to process chunks itself.
+    Pool workers get ``tokenizer`` through fork, or pickled (it reloads from its
+    kind and path) under spawn / forkserver.
     """
     if workers <= 1:
-        _init_worker(spec, tokenizer_kind, tokenizer_path, skip_bad_rows, tokenizer=tokenizer, in_process=True)
+        _init_worker(spec, tokenizer, skip_bad_rows, in_process=True)
         return None
-    return _start_pool(workers, (spec, tokenizer_kind, tokenizer_path, skip_bad_rows))
+    return _start_pool(workers, (spec, tokenizer, skip_bad_rows))
 
 
 def run_ordered(chunks: Iterable[Chunk], pool) -> Iterator[ChunkResult]:
@@ -106,17 +105,12 @@ def process_chunk(chunk: Chunk) -> ChunkResult:
     return result
 
 
-def _init_worker(spec: H.HandlerSpec, tokenizer_kind: str, tokenizer_path: str | None,
-                 skip_bad_rows: bool, tokenizer=None, in_process: bool = False) -> None:
+def _init_worker(spec: H.HandlerSpec, tokenizer, skip_bad_rows: bool, in_process: bool = False) -> None:
     if not in_process:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _WORKER.clear()
-    _WORKER.update(
-        spec=spec,
-        tokenizer=tokenizer if tokenizer is not None else load_tokenizer(tokenizer_kind, tokenizer_path),
-        skip=skip_bad_rows,
-    )
+    _WORKER.update(spec=spec, tokenizer=tokenizer, skip=skip_bad_rows)
 
 
 def _start_method() -> str:
