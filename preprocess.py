@@ -9,19 +9,7 @@ Options live in conf/preprocess.yaml; the work is in mixexp.data.preprocess.
 Bad input: one line on stderr, exit code 2.
 """
 
-import sys
-
-import hydra
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="preprocess")
-def _main(cfg) -> None:
-    from mixexp.data.preprocess import main
-
-    code = main(cfg)
-    if code:
-        sys.exit(code)
-
+from mixexp.cli import hydra_entry
 
 if __name__ == "__main__":
-    _main()
+    hydra_entry("preprocess", "mixexp.data.preprocess:main")

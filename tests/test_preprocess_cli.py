@@ -83,3 +83,9 @@ def test_command_line(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr == f"preprocess: error: input not found: {missing}\n"
     assert bad.stdout == ""
+
+
+def test_a_bad_override_is_one_line_with_exit_code_2(tmp_path):
+    bad = _cli("input=x.jsonl", f"output_prefix={tmp_path / 'x'}", "text_key=body")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == "error: Could not override 'text_key'. (Key 'text_key' is not in struct)\n"
