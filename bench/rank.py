@@ -43,18 +43,13 @@ class FixedBatches:
 
 
 def synthetic_batches(cfg) -> list[dict]:
-    """The first global batch of the synthetic dataset, cut into micro-batches."""
-    import torch
-
-    from mixexp.data.loader import SyntheticDataset
+    """The first global batch of the synthetic dataset, cut into micro-batches as one rank's loader does."""
+    from mixexp.data.loader import MicroBatches, SyntheticDataset
+    from mixexp.layout import Layout
 
     t = cfg.train
     data = SyntheticDataset(t.global_batch_size, t.seq_length, cfg.model.vocab_size, t.seed)
-    out = []
-    for start in range(0, t.global_batch_size, t.micro_batch_size):
-        samples = [data[i] for i in range(start, start + t.micro_batch_size)]
-        out.append({k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")})
-    return out
+    return list(MicroBatches(data, cfg, Layout(), dp_rank=0, cp_rank=0).step(0))
 
 
 def init_single_rank(cfg):
