@@ -36,7 +36,7 @@ def not_emulated(op, mode):
 
 
 def test_module_imports_with_torch_only():
-    code = ("import sys, mixexp.devices.npu_ops as o; "
+    code = ("import sys, mixexp.devices.npu_ops as o; o.npu_fusion_attention; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch_npu', 'mindspeed', 'megatron')]; "
             "assert not bad, bad")
     repo = Path(__file__).resolve().parents[1]
@@ -331,3 +331,192 @@ def test_gmm_errors():
         ops.npu_gmm([x], [w], [], torch.tensor(SIZES), 0, 2)
     with pytest.raises(ValueError, match=r"^npu_gmm: group sizes \[3, 0, 2, 3\] add up to 8, not x's 9 rows$"):
         ops.npu_gmm([x], [w], [], torch.tensor([3, 0, 2, 3]), 0, 1)
+
+
+# ----------------------------------------------------------------------------- flash attention
+
+def to_layout(t, layout):  # t [B, N, S, D]
+    b, n, s, d = t.shape
+    return {"BNSD": t, "BSND": t.permute(0, 2, 1, 3), "BSH": t.permute(0, 2, 1, 3).reshape(b, s, n * d),
+            "SBH": t.permute(2, 0, 1, 3).reshape(s, b, n * d)}[layout].contiguous()
+
+
+def ref_attention(q, k, v, allowed, scale):
+    """float64 softmax attention on [B, N, S, D] with key/value heads repeated for GQA."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v, s.amax(-1), torch.exp(s - s.amax(-1, keepdim=True)).sum(-1)
+
+
+def qkv(b=2, n=4, n_kv=2, sq=5, skv=7, d=4, seed=0, requires_grad=False):
+    return (randn(b, n, sq, d, seed=seed, requires_grad=requires_grad),
+            randn(b, n_kv, skv, d, seed=seed + 1, requires_grad=requires_grad),
+            randn(b, n_kv, skv, d, seed=seed + 2, requires_grad=requires_grad))
+
+
+def band(sq, skv, lo, hi):
+    """allowed[i, j] = lo <= j - i <= hi"""
+    offset = torch.arange(skv).unsqueeze(0) - torch.arange(sq).unsqueeze(1)
+    return (offset >= lo) & (offset <= hi)
+
+
+@pytest.mark.parametrize("layout", ["BSH", "SBH", "BSND", "BNSD"])
+def test_fusion_attention_layouts_gqa_and_outputs(layout):
+    q, k, v = qkv()
+    outs = ops.npu_fusion_attention(to_layout(q, layout), to_layout(k, layout), to_layout(v, layout), 4, layout,
+                                    scale=0.3)
+    assert len(outs) == 7 and outs[4:] == (0, 0, 0)
+    out, softmax_max, softmax_sum, softmax_out = outs[:4]
+    ref_out, ref_max, ref_sum = ref_attention(q, k, v, torch.ones(5, 7, dtype=torch.bool), 0.3)
+    torch.testing.assert_close(out, to_layout(ref_out, layout), **F64)
+    assert softmax_max.shape == softmax_sum.shape == (2, 4, 5, 8) and softmax_out.shape == (0,)
+    torch.testing.assert_close(softmax_max, ref_max.unsqueeze(-1).expand(2, 4, 5, 8), **F64)
+    torch.testing.assert_close(softmax_sum, ref_sum.unsqueeze(-1).expand(2, 4, 5, 8), **F64)
+
+
+def test_fusion_attention_float32_dtypes():
+    q, k, v = (t.float() for t in qkv())
+    out, softmax_max, softmax_sum, *_ = ops.npu_fusion_attention(to_layout(q, "SBH"), to_layout(k, "SBH"),
+                                                                  to_layout(v, "SBH"), 4, "SBH", scale=0.5)
+    assert (out.dtype, softmax_max.dtype, softmax_sum.dtype) == (torch.float32,) * 3
+    ref_out = ref_attention(*(t.double() for t in (q, k, v)), torch.ones(5, 7, dtype=torch.bool), 0.5)[0]
+    torch.testing.assert_close(out.double(), to_layout(ref_out, "SBH"), **F32)
+
+
+def _masks(sparse_mode, sq, skv):
+    """(atten_mask, pre_tockens, next_tockens, allowed) for a sparse mode, allowed built independently."""
+    if sparse_mode == 0:  # a user mask plus the band from the top-left corner (j - i in [-3, 1])
+        mask = torch.rand(2, 1, sq, skv, generator=gen(9)) < 0.3
+        mask[..., torch.arange(sq), torch.arange(sq)] = False  # every row keeps its diagonal key
+        return mask, 3, 1, ~mask & band(sq, skv, -3, 1)
+    if sparse_mode == 1:  # the full mask, pre/next ignored
+        mask = torch.rand(sq, skv, generator=gen(10)) < 0.4
+        mask[:, 0] = False
+        return mask, 0, 0, ~mask
+    compressed = torch.ones(2048, 2048, dtype=torch.bool).triu(diagonal=1)
+    if sparse_mode == 2:  # causal from the top-left corner
+        return compressed, 0, 0, torch.ones(sq, skv, dtype=torch.bool).tril()
+    if sparse_mode == 3:  # causal from the bottom-right corner
+        return compressed, 0, 0, torch.ones(sq, skv, dtype=torch.bool).tril(diagonal=skv - sq)
+    return compressed, 2, 1, band(sq, skv, skv - sq - 2, skv - sq + 1)  # 4: band from the bottom-right
+
+
+@pytest.mark.parametrize("sparse_mode", [0, 1, 2, 3, 4])
+def test_fusion_attention_sparse_modes_forward_and_grad(sparse_mode):
+    q, k, v = qkv(requires_grad=True)
+    mask, pre, nxt, allowed = _masks(sparse_mode, 5, 7)
+    args = dict(atten_mask=mask, scale=0.4, pre_tockens=pre, next_tockens=nxt, sparse_mode=sparse_mode)
+    out, softmax_max, softmax_sum, *_ = ops.npu_fusion_attention(q, k, v, 4, "BNSD", **args)
+    ref_out, ref_max, ref_sum = ref_attention(q, k, v, allowed, 0.4)
+    torch.testing.assert_close(out, ref_out, **F64)
+    torch.testing.assert_close(softmax_max[..., 3], ref_max, **F64)
+    torch.testing.assert_close(softmax_sum[..., 7], ref_sum, **F64)
+    dy = randn(*out.shape, seed=11)
+    ref_grads = torch.autograd.grad(ref_out, (q, k, v), dy)
+    grads = ops.npu_fusion_attention_grad(
+        q.detach(), k.detach(), v.detach(), dy, 4, "BNSD", atten_mask=mask, softmax_max=softmax_max,
+        softmax_sum=softmax_sum, attention_in=out.detach(), scale_value=0.4, pre_tockens=pre, next_tockens=nxt,
+        sparse_mode=sparse_mode)
+    assert len(grads) == 4 and grads[3].shape == (0,)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **F64)
+    autograd_grads = torch.autograd.grad(out, (q, k, v), dy)  # the plain flash-attention path backprops
+    for g, r in zip(autograd_grads, ref_grads):
+        torch.testing.assert_close(g, r, **F64)
+
+
+def test_fusion_attention_grad_sbh_gqa_without_saved_statistics():
+    q, k, v = qkv(requires_grad=True)
+    allowed = torch.ones(5, 7, dtype=torch.bool).tril(diagonal=2)
+    ref_out = ref_attention(q, k, v, allowed, 0.5)[0]
+    dy = randn(*ref_out.shape, seed=12)
+    ref_grads = torch.autograd.grad(ref_out, (q, k, v), dy)
+    grads = ops.npu_fusion_attention_grad(*(to_layout(t.detach(), "SBH") for t in (q, k, v)), to_layout(dy, "SBH"),
+                                          4, "SBH", atten_mask=~allowed, scale_value=0.5, sparse_mode=1)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, to_layout(r, "SBH"), **F64)
+
+
+@pytest.mark.parametrize("kwargs,mode", [
+    (dict(keep_prob=0.9), "keep_prob=0.9 (attention dropout)"),
+    (dict(input_layout="TND"), "input_layout='TND'"),
+    (dict(sparse_mode=5), "sparse_mode=5"),
+    (dict(pse=torch.zeros(1)), "pse (given)"),
+    (dict(actual_seq_qlen=[5, 10]), "actual_seq_qlen (given)"),
+])
+def test_fusion_attention_unsupported_modes(kwargs, mode):
+    q, k, v = qkv()
+    args = dict(input_layout="BNSD", **kwargs) if "input_layout" not in kwargs else kwargs
+    for op, call in (("npu_fusion_attention", lambda: ops.npu_fusion_attention(q, k, v, 4, **args)),
+                     ("npu_fusion_attention_grad", lambda: ops.npu_fusion_attention_grad(q, k, v, q, 4, **args))):
+        with pytest.raises(NotImplementedError, match=not_emulated(op, mode)):
+            call()
+
+
+# ----------------------------------------------------------------------------- ring attention
+
+def test_ring_update_of_two_key_halves_equals_attention_over_all_keys():
+    q, k, v = qkv(b=1, sq=6, skv=8)
+    sbh = [to_layout(t, "SBH") for t in (q, k, v)]
+    halves = [ops.npu_fusion_attention(sbh[0], sbh[1][s], sbh[2][s], 4, "SBH", scale=0.5)
+              for s in (slice(0, 3), slice(3, 8))]
+    out, softmax_max, softmax_sum = ops.npu_ring_attention_update(*halves[0][:3], *halves[1][:3])
+    full_out, full_max, full_sum, *_ = ops.npu_fusion_attention(*sbh, 4, "SBH", scale=0.5)
+    torch.testing.assert_close(out, full_out, **F64)
+    torch.testing.assert_close(softmax_max, full_max, **F64)
+    torch.testing.assert_close(softmax_sum, full_sum, **F64)
+    f32 = ops.npu_ring_attention_update(*(t.float() for t in halves[0][:3]), *(t.float() for t in halves[1][:3]))
+    assert [t.dtype for t in f32] == [torch.float32] * 3
+    with pytest.raises(NotImplementedError, match=not_emulated("npu_ring_attention_update", "layout='TND'")):
+        ops.npu_ring_attention_update(*halves[0][:3], *halves[1][:3], layout="TND")
+
+
+def test_megatron_cp_algo_causal_schedule_equals_causal_attention():
+    """cp=2 as MindSpeed's CausalRegularAttentionStrategy runs it (SBH, GQA): rank r holds sequence
+    chunks (r, 3 - r); its diagonal block uses sparse_mode 3 with the compressed 2048 mask, the
+    blocks with the other rank's KV no mask; outputs merge with npu_ring_attention_update, and each
+    block's grad uses the whole ring's softmax_max/sum and output."""
+    q, k, v = qkv(b=1, n=4, n_kv=2, sq=8, skv=8, seed=20, requires_grad=True)  # 4 chunks of 2
+    scale = 0.5
+    ref_out = ref_attention(q, k, v, torch.ones(8, 8, dtype=torch.bool).tril(), scale)[0]
+    dy = randn(*ref_out.shape, seed=21)
+    ref_grads = torch.autograd.grad(ref_out, (q, k, v), dy)
+    sq, sk, sv, sdy = (to_layout(t.detach(), "SBH") for t in (q, k, v, dy))
+    compressed = torch.ones(2048, 2048, dtype=torch.bool).triu(diagonal=1)
+    chunks = {r: torch.cat([torch.arange(2 * c, 2 * c + 2) for c in (r, 3 - r)]) for r in (0, 1)}
+
+    def block(r, t):
+        """(query rows, key rows, mask arguments) of rank r against rank t's KV."""
+        if t == r:
+            qr, kr = chunks[r], chunks[r]
+        else:  # an earlier rank's KV: only its first chunk is visible; a later rank's: only to q's 2nd chunk
+            qr, kr = (chunks[r], chunks[t][:2]) if t < r else (chunks[r][2:], chunks[t])
+        diagonal = t == r
+        return qr, kr, dict(atten_mask=compressed if diagonal else None, pre_tockens=len(kr),
+                            next_tockens=0 if diagonal else len(kr), sparse_mode=3 if diagonal else 0)
+
+    out, dq, dk, dv = (torch.zeros_like(t) for t in (sq, sq, sk, sv))
+    for r in (0, 1):
+        qr, kr, masks = block(r, r)
+        o, m, s, *_ = ops.npu_fusion_attention(sq[qr], sk[kr], sv[kr], 4, "SBH", scale=scale, **masks)
+        qr, kr, masks = block(r, 1 - r)
+        cur = ops.npu_fusion_attention(sq[qr], sk[kr], sv[kr], 4, "SBH", scale=scale, **masks)
+        rows = slice(None) if len(qr) == 4 else slice(2, None)
+        o, m, s = o.clone(), m.clone(), s.clone()
+        o[rows], m[:, :, rows], s[:, :, rows] = ops.npu_ring_attention_update(o[rows], m[:, :, rows],
+                                                                              s[:, :, rows], *cur[:3])
+        out[chunks[r]] = o
+        for t in (0, 1):
+            qr, kr, masks = block(r, t)
+            rows = slice(None) if len(qr) == 4 else slice(2, None)
+            grads = ops.npu_fusion_attention_grad(sq[qr], sk[kr], sv[kr], sdy[qr], 4, "SBH", softmax_max=m[:, :, rows],
+                                                  softmax_sum=s[:, :, rows], attention_in=o[rows], scale_value=scale,
+                                                  **masks)
+            dq[qr] += grads[0]
+            dk[kr] += grads[1]
+            dv[kr] += grads[2]
+    torch.testing.assert_close(out, to_layout(ref_out.detach(), "SBH"), **F64)
+    for g, r in zip((dq, dk, dv), ref_grads):
+        torch.testing.assert_close(g, to_layout(r, "SBH"), **F64)
