@@ -154,11 +154,17 @@ def _routed_rows(routing_map: torch.Tensor) -> torch.Tensor:
     return token_ids.masked_select(routing_map.bool().T)
 
 
+def _slot_tokens(n: int, num_tokens: int, device) -> torch.Tensor:
+    """The token of each of the n token-major slots without drop_and_pad: slot j is token j // topK."""
+    topk = max(n // num_tokens, 1) if num_tokens else 1
+    return torch.arange(n, device=device) // topk
+
+
 def _rows_of_slots(sorted_indices: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Invert the non-padded sorted_indices: the token of each permuted row."""
+    """Invert the non-padded sorted_indices (slot j sits in row sorted_indices[j]): the token of each row."""
     n = sorted_indices.numel()
     rows = torch.empty(n, dtype=torch.long, device=sorted_indices.device)
-    rows[sorted_indices.long()] = torch.arange(n, device=sorted_indices.device) // max(n // max(num_tokens, 1), 1)
+    rows[sorted_indices.long()] = _slot_tokens(n, num_tokens, sorted_indices.device)
     return rows
 
 
@@ -253,10 +259,8 @@ def _unpermute_rows(sorted_indices, num_tokens, drop_and_pad):
     if drop_and_pad:
         token_id, out_index = sorted_indices.sort(stable=True)
         return sorted_indices.long(), out_index.to(torch.int32), token_id.to(torch.int32)
-    rows = _rows_of_slots(sorted_indices, num_tokens)
-    n = sorted_indices.numel()
-    slot_token = torch.arange(n, device=sorted_indices.device) // max(n // max(num_tokens, 1), 1)
-    return rows, sorted_indices.to(torch.int32), slot_token.to(torch.int32)
+    slot_token = _slot_tokens(sorted_indices.numel(), num_tokens, sorted_indices.device)
+    return _rows_of_slots(sorted_indices, num_tokens), sorted_indices.to(torch.int32), slot_token.to(torch.int32)
 
 
 def _permuted_probs(probs, routing_map, rows, drop_and_pad, op):
