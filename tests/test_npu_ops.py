@@ -425,6 +425,10 @@ def test_fusion_attention_sparse_modes_forward_and_grad(sparse_mode):
     autograd_grads = torch.autograd.grad(out, (q, k, v), dy)  # the plain flash-attention path backprops
     for g, r in zip(autograd_grads, ref_grads):
         torch.testing.assert_close(g, r, **F64)
+    if sparse_mode >= 2:
+        with pytest.raises(ValueError, match=f"^npu_fusion_attention: sparse_mode={sparse_mode} needs atten_mask "
+                                             r"\(the compressed 2048x2048 upper-triangular mask\), got None$"):
+            ops.npu_fusion_attention(q, k, v, 4, "BNSD", **dict(args, atten_mask=None))
 
 
 def test_fusion_attention_grad_sbh_gqa_without_saved_statistics():

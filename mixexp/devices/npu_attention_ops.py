@@ -88,8 +88,8 @@ def _masked(op, sparse_mode, atten_mask, pre_tockens, next_tockens, q, k):
     0 defaultMask: no mask without atten_mask (pre/next_tockens ignored); with one, atten_mask and
     the band ``i - pre_tockens <= j <= i + next_tockens`` from the top-left corner. 1 allMask:
     atten_mask as given. 2 leftUpCausal: ``j > i``. 3 rightDownCausal: ``j > i + Skv - Sq``.
-    4 band from the bottom-right corner. Modes 2-4 take the compressed 2048x2048 mask, whose
-    contents the geometry already gives.
+    4 band from the bottom-right corner. Modes 2-4 take the compressed 2048x2048 mask (required, as
+    documented), whose contents the geometry already gives.
     """
     b, n, sq, skv = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     i = torch.arange(sq, device=q.device).unsqueeze(1)
@@ -104,6 +104,9 @@ def _masked(op, sparse_mode, atten_mask, pre_tockens, next_tockens, q, k):
             raise ValueError(f"{op}: atten_mask of shape {tuple(m.shape)} does not fit [B, N, Sq, Skv] = "
                              f"{[b, n, sq, skv]} (SS, 11SS, B1SS or BNSS)")
         return m | (j < i - pre_tockens) | (j > i + next_tockens) if sparse_mode == 0 else m
+    if atten_mask is None:
+        raise ValueError(f"{op}: sparse_mode={sparse_mode} needs atten_mask (the compressed 2048x2048 "
+                         f"upper-triangular mask), got None")
     diagonal = i + (skv - sq if sparse_mode in (3, 4) else 0)
     if sparse_mode in (2, 3):
         return j > diagonal
