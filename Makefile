@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test clean
+.PHONY: setup setup-mindspeed train test clean
 
 setup: $(STAMP)
 
@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# MindSpeed + Megatron-LM for hardware=ascend_rehearsal (MINDSPEED_SRC=, MEGATRON_LM_SRC=: a directory
+# or .tar.gz each; default ../shared/third_party/). docs/npu.md, "Rehearse on CPU".
+setup-mindspeed: setup
+	tools/setup_mindspeed.sh $(VENV)
 
 train: setup
 	$(PY) train.py $(ARGS)

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mixexp import cluster
+from mixexp.errors import ConfigError
 from mixexp.layout import Layout, validate
 
 
@@ -69,10 +70,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.engine.name == "megatron_lm":
         from mixexp.engines.megatron_lm import run_megatron_lm
         return run_megatron_lm(cfg, layout, run_dir)
-    if cfg.hardware.device == "npu":  # answer a missing install or a bad flag before launching
+    if cfg.hardware.device == "npu":  # answer a missing install, a bad pairing or a bad flag before launching
         from mixexp.devices.npu import check_installation
+        from mixexp.devices.versions import check_installed_pairing
         from mixexp.megatron_args import render
-        check_installation()
+        check_installation(rehearsal=cfg.hardware.rehearsal)
+        check_installed_pairing()
         render(cfg)
 
     from mixexp import ckpt_dirs
@@ -87,4 +90,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if code == 0 and summary_path.exists():
         return json.loads(summary_path.read_text())
     error = first_error(run_dir) or f"torchrun exited with code {code}"
+    if ": ConfigError: " in error:  # a rank found the config cannot do what it says (NPU switch checks)
+        raise ConfigError(error.replace(": ConfigError: ", ": ", 1))
     return failed_summary(run_dir, cfg, error, layout)

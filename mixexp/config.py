@@ -80,6 +80,8 @@ class DataConfig:
 class HardwareConfig:
     name: str = MISSING
     device: str = "cpu"  # cpu | npu | cuda
+    # True: an NPU run rehearsed on CPU ranks (the real MindSpeed over mixexp's torch_npu stand-in).
+    rehearsal: bool = False
     backend: str = "gloo"  # gloo | hccl | nccl
     # None: on CPU, as many processes as the layout needs.
     devices_per_node: Optional[int] = None

@@ -53,11 +53,32 @@ def local_slice(sh: ShardedTensor, full: torch.Tensor) -> torch.Tensor:
     return full[index].reshape(sh.local_shape)
 
 
+def _fill(tree, fill):
+    """The tree with every ShardedTensor replaced by its data after `fill(sharded_tensor)`."""
+    if isinstance(tree, ShardedTensor):
+        fill(tree)
+        return tree.data
+    if isinstance(tree, ShardedTensorFactory):
+        merged = tree.merge_fn(_fill(tree.build(), fill))
+        # A factory's built tensors may be copies (GroupedMLP's transposed expert weights are made
+        # .contiguous()): write the merged full local tensor back into the parameter itself.
+        tree.data.copy_(merged.reshape(tree.data.shape).to(tree.data.dtype))
+        return tree.data
+    if isinstance(tree, dict):
+        return {k: _fill(v, fill) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_fill(v, fill) for v in tree)
+    return tree
+
+
 @torch.no_grad()
 def init_layout_independent(chunks, seed: int, std: float, num_layers: int) -> None:
     cache: dict[str, torch.Tensor] = {}
+
+    def fill(sh: ShardedTensor) -> None:
+        if sh.key not in cache:
+            cache[sh.key] = full_tensor(sh.key, sh.global_shape, seed, std, num_layers)
+        sh.data.copy_(local_slice(sh, cache[sh.key]).to(sh.data.dtype))
+
     for chunk in chunks:
-        for sh in iter_sharded_tensors(chunk.sharded_state_dict()):
-            if sh.key not in cache:
-                cache[sh.key] = full_tensor(sh.key, sh.global_shape, seed, std, num_layers)
-            sh.data.copy_(local_slice(sh, cache[sh.key]).to(sh.data.dtype))
+        _fill(chunk.sharded_state_dict(), fill)

@@ -50,7 +50,9 @@ def derived_switches(cfg: Any, npu: NpuConfig) -> dict[str, bool]:
     """The switches whose NpuConfig value is None ("decided by the rest of the config")."""
     bf16 = cfg.train.precision == "bf16"
     moe = cfg.model.num_experts > 0
-    grouped = npu.moe_grouped_gemm if npu.moe_grouped_gemm is not None else (moe and bf16)
+    # MindSpeed's grouped GEMM (npu_gmm) takes fp32 too; Megatron's grouped_gemm package is bf16 only.
+    on_npu = cfg.hardware.device == "npu"
+    grouped = npu.moe_grouped_gemm if npu.moe_grouped_gemm is not None else (moe and (bf16 or on_npu))
     param_gather = (npu.overlap_param_gather if npu.overlap_param_gather is not None
                     else bool(cfg.parallel.distributed_optimizer) and npu.overlap_grad_reduce)
     return {"moe_grouped_gemm": grouped, "overlap_param_gather": param_gather}
@@ -81,7 +83,7 @@ def check(cfg: Any, layout: Layout, npu: NpuConfig) -> None:
     # Megatron's own rules.
     if grouped and not moe:
         fail(f"{_flag('moe_grouped_gemm', True)} needs a MoE model (model.num_experts={m.num_experts})")
-    if grouped and not bf16:
+    if grouped and not bf16 and not on_npu:
         fail(f"{_flag('moe_grouped_gemm', True)} needs train.precision=bf16 (Megatron's grouped GEMM is bf16 only; "
              f"got train.precision={t.precision})")
     if sw["overlap_param_gather"]:
@@ -135,8 +137,7 @@ def check(cfg: Any, layout: Layout, npu: NpuConfig) -> None:
         if not npu.moe_permutation_async_comm:
             fail(f"{_flag('moe_alltoall_overlap_comm', True)} needs {_flag('moe_permutation_async_comm', True)}")
         if not grouped:
-            fail(f"{_flag('moe_alltoall_overlap_comm', True)} needs grouped GEMM ({_flag('moe_grouped_gemm', True)}, "
-                 f"train.precision=bf16)")
+            fail(f"{_flag('moe_alltoall_overlap_comm', True)} needs grouped GEMM ({_flag('moe_grouped_gemm', True)})")
         if p.tp > 1 and not npu.moe_tp_extend_ep:
             fail(f"{_flag('moe_alltoall_overlap_comm', True)} with parallel.tp={p.tp} needs "
                  f"{_flag('moe_tp_extend_ep', True)}")
@@ -146,7 +147,7 @@ def check(cfg: Any, layout: Layout, npu: NpuConfig) -> None:
                  f"(got {m.num_experts} % ({p.tp}*{p.ep}))")
         if not (npu.moe_permutation_async_comm and grouped):
             fail(f"{_flag('moe_tp_extend_ep', True)} needs {_flag('moe_permutation_async_comm', True)} and grouped "
-                 f"GEMM ({_flag('moe_grouped_gemm', True)}, train.precision=bf16)")
+                 f"GEMM ({_flag('moe_grouped_gemm', True)})")
     if npu.use_ascend_mc2:
         if moe:
             fail(f"{_flag('use_ascend_mc2', True)} does not support MoE models (model.num_experts={m.num_experts})")

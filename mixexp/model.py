@@ -92,7 +92,24 @@ def transformer_config(cfg, layout: Layout) -> TransformerConfig:
         # sends in posting order, so forward and backward tensors could swap. Ordered P2P is exact.
         batch_p2p_comm=cfg.hardware.backend != "gloo",
         **recompute[t.recompute],
+        **(npu_fields(cfg) if cfg.hardware.device == "npu" else {}),
     )
+
+
+def npu_fields(cfg) -> dict:
+    """TransformerConfig fields that Megatron-LM's own config builder derives from its args on NPU.
+
+    MindSpeed merges every Megatron global arg of the same name into each TransformerConfig, but these
+    are not args of that name (or not of that type): without them the MLP never calls the (patched)
+    fused SwiGLU, the experts never become grouped GEMM, and args.cp_comm_type (a one-item list)
+    fails megatron-core's check of one entry per layer."""
+    from mixexp.megatron_args import derived_switches
+    from mixexp.npu_config import npu_config
+
+    npu = npu_config(cfg)
+    return dict(bias_activation_fusion=npu.use_fused_swiglu,
+                moe_grouped_gemm=derived_switches(cfg, npu)["moe_grouped_gemm"],
+                cp_comm_type="p2p")
 
 
 def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSpec, type]:
@@ -100,6 +117,8 @@ def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSp
     Elsewhere: Megatron's local MoE spec with our RMSNorm and SDPA/ring core attention. Experts: on CPU
     our GroupedExperts (torch's grouped_mm); on CUDA megatron's grouped-GEMM experts when the `grouped_gemm`
     package is installed (mixexp.devices.cuda decides), else its SequentialMLP."""
+    if device == "npu":
+        return npu_layer_spec(config)
     grouped = False
     if device == "cuda":
         from mixexp.devices import cuda
@@ -119,6 +138,15 @@ def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSp
         sub.mlp.submodules.experts = ModuleSpec(module=GroupedExperts)
     sub.sharded_state_dict_keys_map = {}
     return layer, RMSNorm
+
+
+def npu_layer_spec(config: TransformerConfig) -> tuple[ModuleSpec, type]:
+    """Megatron's own local spec, untouched: MindSpeed's adaptor has patched its modules by dotted path
+    (the norm class, core attention, the experts, the fused functions), so the patched ones are what
+    this builds. Our CPU modules here would silently bypass every MindSpeed switch."""
+    layer = get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=config.moe_grouped_gemm,
+                                     normalization="RMSNorm")
+    return layer, layer.submodules.input_layernorm
 
 
 def block_spec(config: TransformerConfig, vp_stage: int | None, pp_rank: int | None = None,

@@ -38,8 +38,8 @@ class NpuConfig:
     use_ascend_mc2: bool = False
     reuse_fp32_param: bool = False
     swap_attention: bool = False
-    # Megatron switches. None: grouped GEMM whenever the model has experts and trains in bf16
-    # (Megatron's grouped GEMM is bf16 only); parameter-gather overlap whenever
+    # Megatron switches. None: grouped GEMM whenever the model has experts (off NPU only in bf16:
+    # Megatron's grouped_gemm package is bf16 only, MindSpeed's npu_gmm takes fp32); parameter-gather overlap whenever
     # parallel.distributed_optimizer is on (it needs it).
     moe_grouped_gemm: Optional[bool] = None
     overlap_grad_reduce: bool = True

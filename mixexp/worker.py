@@ -8,7 +8,6 @@ adaptor is applied before megatron-core is imported.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import sys
 import time
@@ -20,17 +19,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mixexp import ckpt_dirs, devices
+from mixexp.errors import ConfigError
 from mixexp.layout import validate
 
 WORKER_CONFIG = "worker_config.yaml"
-
-
-def _memory_gb(device: str) -> float:
-    import torch
-
-    if device == "cpu":  # peak resident set size of this process (Linux reports KiB)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def _quiet_known_warnings() -> None:
@@ -140,10 +132,12 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     reporting = rank == world - 1  # a rank of the last pipeline stage, where the loss is
     writer = MetricsWriter(run_dir, t.iters, t.log_interval, keep_until=start) if reporting else None
     tracker = _wandb(cfg, layout, world, run_dir) if reporting else None
+    stack = devices.stack(device)
     if reporting:
         print(f"[mixexp] {cfg.model.name} on {layout.name} (world {world}, {cfg.hardware.name}): "
               f"{int(local_params.item()):,} parameters on the largest rank; {t.iters} steps of "
               f"{t.global_batch_size}x{t.seq_length} tokens", flush=True)
+        print("[mixexp] stack: " + ", ".join(f"{k} {v}" for k, v in stack.items()), flush=True)
         if load_path:
             what = "weights of" if weights_only else f"step {start} from"
             print(f"[mixexp] loaded {what} {load_path}", flush=True)
@@ -154,11 +148,14 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
         begin = time.perf_counter()
         result = trainer.step(step - 1)
         step_time = time.perf_counter() - begin
-        # One collective per step: the peak memory, and whether any rank was asked to stop.
-        shared = torch.tensor([_memory_gb(device), float(bool(stop and stop.requested))],
-                              dtype=torch.float64, device=on_device)
+        # One collective per step: the peak memory, and whether any rank was asked to stop. float32:
+        # MindSpeed's all_reduce reduces a float64 tensor in a float32 copy and drops the result.
+        shared = torch.tensor([devices.peak_memory_gb(device), float(bool(stop and stop.requested))],
+                              dtype=torch.float32, device=on_device)
         dist.all_reduce(shared, op=dist.ReduceOp.MAX)
         preempted = shared[1].item() > 0
+        if step == start + 1:
+            devices.after_first_step(device, cfg)
         if reporting:
             row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                    **throughput.step_metrics(step_time), "memory_gb": shared[0].item()}
@@ -179,7 +176,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
         writer.close()
         summary = write_summary(run_dir, status="preempted" if preempted else "ok", layout=layout.as_dict(),
                                 world_size=world, params_total=params_total(cfg.model, vocab),
-                                params_per_rank_max=int(local_params.item()),
+                                params_per_rank_max=int(local_params.item()), stack=stack,
                                 **summarize(writer.rows, t.warmup_steps))
         if tracker:
             tracker.finish(summary, summary["status"])
@@ -198,7 +195,8 @@ def main(argv: list[str]) -> int:
         errors = run_dir / "errors"
         errors.mkdir(exist_ok=True)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else traceback.format_exc().splitlines()[-2].strip()
-        message = f"rank {rank}: {type(exc).__name__}: {detail}"
+        kind = "ConfigError" if isinstance(exc, ConfigError) else type(exc).__name__  # app.py answers it with exit 2
+        message = f"rank {rank}: {kind}: {detail}"
         (errors / f"rank{rank}.txt").write_text(message + "\n\n" + traceback.format_exc())
         raise
     return 0

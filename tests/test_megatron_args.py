@@ -197,8 +197,10 @@ def test_the_issue_command_yields_the_scripts_model_layout_and_npu_flags():
             continue
         assert flag in ours and same_value(ours[flag], value), flag
     assert (ours["--seq-length"], ours["--global-batch-size"], ours["--lr"]) == ("128", "8", "0.0003")
-    # fp32 and no distributed optimizer: grouped GEMM and param-gather overlap follow them (off).
-    assert not {"--bf16", "--moe-grouped-gemm", "--use-distributed-optimizer", "--overlap-param-gather"} & set(ours)
+    # fp32 and no distributed optimizer: param-gather overlap follows them (off). Grouped GEMM follows the
+    # experts on NPU whatever the precision (MindSpeed's npu_gmm takes fp32; test_rehearsal runs it).
+    assert not {"--bf16", "--use-distributed-optimizer", "--overlap-param-gather"} & set(ours)
+    assert "--moe-grouped-gemm" in ours
 
 
 # --- every flag is one Megatron-LM core_r0.8.0 or MindSpeed accepts -----------------------------
@@ -342,14 +344,16 @@ RULES = [
      "npu.moe_alltoall_overlap_comm=true needs parallel.dispatcher=alltoall (got parallel.dispatcher=allgather)"),
     ([SEED], {}, {"moe_alltoall_overlap_comm": True, "moe_permutation_async_comm": False},
      "npu.moe_alltoall_overlap_comm=true needs npu.moe_permutation_async_comm=true"),
-    ([SEED, "train.precision=fp32"], {}, {"moe_alltoall_overlap_comm": True},
-     "npu.moe_alltoall_overlap_comm=true needs grouped GEMM (npu.moe_grouped_gemm=true, train.precision=bf16)"),
+    ([SEED], {}, {"moe_alltoall_overlap_comm": True, "moe_grouped_gemm": False},
+     "npu.moe_alltoall_overlap_comm=true needs grouped GEMM (npu.moe_grouped_gemm=true)"),
     ([SEED, "model.num_experts=4"], {}, {"moe_tp_extend_ep": True},
      "npu.moe_tp_extend_ep=true needs model.num_experts % (parallel.tp*parallel.ep) == 0 (got 4 % (8*1))"),
     ([SEED], {}, {"moe_tp_extend_ep": True, "moe_grouped_gemm": False},
      "npu.moe_tp_extend_ep=true needs npu.moe_permutation_async_comm=true and grouped GEMM "
-     "(npu.moe_grouped_gemm=true, train.precision=bf16)"),
-    ([SEED, "train.precision=fp32"], {}, {"moe_grouped_gemm": True},
+     "(npu.moe_grouped_gemm=true)"),
+    # Megatron's grouped_gemm package (GPU, engine=megatron_lm); MindSpeed's npu_gmm takes fp32.
+    (["model=mixtral_tiny", "hardware=nvidia_h100", "train.precision=fp32", "train.global_batch_size=16"], {},
+     {"moe_grouped_gemm": True},
      "npu.moe_grouped_gemm=true needs train.precision=bf16 (Megatron's grouped GEMM is bf16 only; "
      "got train.precision=fp32)"),
     ([SEED, "parallel.distributed_optimizer=false"], {}, {"overlap_param_gather": True},

@@ -52,6 +52,13 @@ FAKES = {
         "ARGV = list(sys.argv)\n"
         "MEGATRON_LOADED = sorted(m for m in sys.modules if m == 'megatron' or m.startswith('megatron.'))\n"
         "TORCH_NPU_LOADED = 'torch_npu' in sys.modules\n"),
+    # What mixexp's switch checks read of MindSpeed: its op builder (op counting) and its patch registry.
+    "mindspeed/op_builder/__init__.py": "",
+    "mindspeed/op_builder/builder.py": "class MindSpeedOpBuilder:\n    def load(self):\n        return None\n",
+    "mindspeed/patch_utils.py": (
+        "import types\n"
+        "class MindSpeedPatchesManager:\n"
+        "    patches_info = {'megatron.training.arguments.parse_args': types.SimpleNamespace(is_applied=True)}\n"),
     # A Megatron-LM checkout's megatron/training (no megatron/__init__.py: a namespace package,
     # as in Megatron-LM, merged with megatron-core's megatron/core).
     "checkout/megatron/training/__init__.py": "",
@@ -172,7 +179,9 @@ def test_npu_env_follows_the_collective_timeout():
 
 # --- what is missing, in one message ------------------------------------------------------------
 
-def test_everything_missing_is_named_in_one_line(tmp_path):
+def test_everything_missing_is_named_in_one_line(tmp_path, monkeypatch):
+    # No NPU packages here; MindSpeed itself may be installed (make setup-mindspeed): hide it.
+    monkeypatch.setattr(npu, "_module_found", lambda name: False)
     with pytest.raises(ConfigError) as e:
         npu.check_installation(environ={}, default_root=str(tmp_path / "Ascend"), search_path=[str(tmp_path)])
     assert str(e.value) == (
@@ -239,7 +248,7 @@ def test_prepare_refuses_before_importing_anything(monkeypatch):
 
 def test_prepare_refuses_when_megatron_came_first(installed, monkeypatch):
     monkeypatch.setattr(npu, "_prepared", False)
-    monkeypatch.setattr(npu, "check_installation", lambda: None)
+    monkeypatch.setattr(npu, "check_installation", lambda **kwargs: None)
     monkeypatch.setitem(sys.modules, "megatron.core", types.ModuleType("megatron.core"))
     with pytest.raises(RuntimeError) as e:
         npu.prepare(_seed_cfg())
@@ -256,6 +265,9 @@ def test_finish_turns_megatron_validation_errors_into_config_errors(monkeypatch)
                                                validate_args=validate_args)
     training.global_vars = types.SimpleNamespace(set_args=lambda a: None)
     monkeypatch.setitem(sys.modules, "megatron.training", training)
+    # A stand-in megatron.training, which MindSpeed did not patch: that check is test_rehearsal's.
+    from mixexp.devices import npu_checks
+    monkeypatch.setattr(npu_checks, "check_installed_patches", lambda: None)
     with pytest.raises(ConfigError) as e:
         npu.finish()
     assert str(e.value) == ("Megatron-LM rejected the rendered arguments: seq-length should be a multiple of "

@@ -26,3 +26,25 @@ def finish(device: str) -> None:
 
 def torch_device(device: str):
     return _module(device).torch_device()
+
+
+def peak_memory_gb(device: str) -> float:
+    return _module(device).peak_memory_gb()
+
+
+def after_first_step(device: str, cfg) -> None:
+    """Device checks that need a step to have run (NPU: did MindSpeed's switches take effect)."""
+    hook = getattr(_module(device), "after_first_step", None)
+    if hook:
+        hook(cfg)
+
+
+def stack(device: str) -> dict:
+    """The software that ran: torch and megatron-core; on NPU also MindSpeed, torch_npu and its features."""
+    module = _module(device)
+    if hasattr(module, "stack"):
+        return module.stack()
+    import torch
+    from megatron.core import package_info
+
+    return {"torch": torch.__version__, "megatron_core": package_info.__version__}

@@ -29,8 +29,8 @@ def _is_accelerator(device) -> bool:
     if isinstance(device, int):
         return True
     if isinstance(device, str):
-        return device.startswith("cuda")
-    return isinstance(device, torch.device) and device.type == "cuda"
+        return device.startswith(("cuda", "npu"))
+    return isinstance(device, torch.device) and device.type in ("cuda", "npu")
 
 
 def _map_device(device):
@@ -69,7 +69,7 @@ def _tensor_type(original):
     return type_
 
 
-class _Stream:
+class Stream:
     """A CUDA stream stand-in: work on CPU is already ordered."""
 
     def __init__(self, *args, **kwargs):
@@ -85,13 +85,13 @@ class _Stream:
         pass
 
     def record_event(self, event=None):
-        return event or _Event()
+        return event or Event()
 
     def query(self):
         return True
 
 
-class _Event:
+class Event:
     """A CUDA event stand-in that records wall-clock time."""
 
     def __init__(self, *args, **kwargs):
@@ -119,7 +119,15 @@ def _noop():
 
 
 def prepare(cfg=None, target: str = "cpu") -> None:
-    """Patch torch so CUDA placements land on `target` (cpu, or meta for dry runs). Idempotent."""
+    """Patch torch so CUDA placements land on `target` (cpu, or meta for dry runs), then import
+    megatron-core without torch.compile. Idempotent."""
+    map_accelerator_to(target)
+    _import_megatron_without_compile()
+
+
+def map_accelerator_to(target: str = "cpu") -> None:
+    """Tensor factories, `.to()`, streams, events and the RNG of CUDA (and NPU) on `target`. Imports
+    no megatron: the rehearsal's torch_npu stand-in calls it before MindSpeed patches megatron."""
     global _applied, _target
     _target = target
     if _applied:
@@ -141,10 +149,10 @@ def prepare(cfg=None, target: str = "cpu") -> None:
     cuda.device_count = lambda: 1
     cuda.synchronize = _noop()
     cuda.empty_cache = _noop()
-    cuda.Stream = _Stream
-    cuda.Event = _Event
-    cuda.current_stream = lambda *a, **k: _Stream()
-    cuda.default_stream = lambda *a, **k: _Stream()
+    cuda.Stream = Stream
+    cuda.Event = Event
+    cuda.current_stream = lambda *a, **k: Stream()
+    cuda.default_stream = lambda *a, **k: Stream()
     cuda.stream = lambda *a, **k: contextlib.nullcontext()
     cuda.set_stream = _noop()
     cuda.memory_allocated = lambda *a, **k: 0
@@ -158,7 +166,6 @@ def prepare(cfg=None, target: str = "cpu") -> None:
     cuda.manual_seed = lambda seed: None  # the CPU generator is seeded by the caller
     cuda.random.get_rng_state = cuda.get_rng_state
     cuda.random.set_rng_state = cuda.set_rng_state
-    _import_megatron_without_compile()
 
 
 def _import_megatron_without_compile() -> None:
@@ -180,9 +187,8 @@ def _import_megatron_without_compile() -> None:
 
 def finish() -> None:
     """Patch megatron-core modules that hold CUDA-only code paths."""
-    from megatron.core import tensor_parallel
     from megatron.core.tensor_parallel import random as tp_random
-    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+    from megatron.core.transformer.moe import moe_utils
 
     # moe_utils only defines this name when Transformer Engine imports; None selects torch's matmul.
     if not hasattr(moe_utils, "te_general_gemm"):
@@ -194,7 +200,17 @@ def finish() -> None:
     # With one generator, the tracker's "CPU state changed inside a CUDA fork" check always fires.
     logging.getLogger(tp_random.__name__).setLevel(logging.ERROR)
 
-    # gloo's all_to_all_single takes split sizes as Python lists, not numpy arrays.
+    patch_gloo_collectives()
+
+
+def patch_gloo_collectives() -> None:
+    """What megatron-core's MoE dispatchers need of gloo: all_to_all split sizes as Python lists, and
+    padded gathers and reduce-scatters (gloo moves equal sizes only) for the uneven ones they send."""
+    import torch.distributed as dist
+    from megatron.core import tensor_parallel
+    from megatron.core.tensor_parallel import mappings
+    from megatron.core.transformer.moe import token_dispatcher
+
     all_to_all = tensor_parallel.all_to_all
 
     def all_to_all_lists(group, input_, output_split_sizes_=None, input_split_sizes=None):
@@ -203,13 +219,6 @@ def finish() -> None:
         return all_to_all(group, input_, as_list(output_split_sizes_), as_list(input_split_sizes))
 
     token_dispatcher.all_to_all = all_to_all_lists
-    _patch_uneven_collectives()
-
-
-def _patch_uneven_collectives() -> None:
-    """gloo gathers and reduce-scatters equal sizes only; pad the uneven ones MoE's dispatcher sends."""
-    import torch.distributed as dist
-    from megatron.core.tensor_parallel import mappings
 
     gather, reduce_scatter = mappings._gather_along_first_dim, mappings._reduce_scatter_along_first_dim
 
@@ -237,6 +246,13 @@ def _patch_uneven_collectives() -> None:
 
     mappings._gather_along_first_dim = gather_uneven
     mappings._reduce_scatter_along_first_dim = reduce_scatter_uneven
+
+
+def peak_memory_gb() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def torch_device() -> torch.device:

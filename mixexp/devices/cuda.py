@@ -76,3 +76,9 @@ def torch_device():
     import torch
 
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def peak_memory_gb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30

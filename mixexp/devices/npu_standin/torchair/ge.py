@@ -1,0 +1,10 @@
+class Tensor:
+    pass
+
+
+class TensorSpec:
+    pass
+
+
+class DataType:
+    pass
