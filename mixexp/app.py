@@ -77,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     from mixexp import ckpt_dirs
     from mixexp.data.prepare import prepare_data
-    from mixexp.launch import first_error, launch
+    from mixexp.launch import launch, root_cause
 
     ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered before launching
 
@@ -86,5 +86,5 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     summary_path = run_dir / "summary.json"
     if code == 0 and summary_path.exists():
         return json.loads(summary_path.read_text())
-    error = first_error(run_dir) or f"torchrun exited with code {code}"
+    error = root_cause(run_dir) or f"torchrun exited with code {code}"
     return failed_summary(run_dir, cfg, error, layout)

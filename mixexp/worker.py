@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from mixexp import ckpt_dirs, devices
 from mixexp.layout import validate
+from mixexp.lifetime import die_with_parent
 
 WORKER_CONFIG = "worker_config.yaml"
 
@@ -102,7 +103,8 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     devices.finish(device)
     from mixexp.model import init_parallel_state
 
-    init_parallel_state(layout, distributed_timeout_minutes=max(1, cfg.train.collective_timeout_s // 60))
+    # Megatron's groups take minutes; a fraction keeps a timeout under a minute what it says.
+    init_parallel_state(layout, distributed_timeout_minutes=cfg.train.collective_timeout_s / 60)
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.train.seed)
 
     from mixexp import checkpoint
@@ -189,6 +191,9 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if os.getppid() == 1:  # torchrun died while we started: nobody supervises this rank
+        return 1
+    die_with_parent(os.getppid())  # a killed torchrun takes its ranks with it
     run_dir = Path(argv[0])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = OmegaConf.load(run_dir / WORKER_CONFIG)

