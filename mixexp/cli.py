@@ -48,8 +48,8 @@ def run_job(cfg) -> int:
         failed_summary(run_dir, cfg, str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    if summary.get("status") == "failed":
-        print(f"error: run failed: {summary['error']}", file=sys.stderr, flush=True)
+    if summary.get("status") in ("failed", "diverged"):
+        print(f"error: run {summary['status']}: {summary['error']}", file=sys.stderr, flush=True)
         return 1
     print(f"[mixexp] summary: {run_dir / 'summary.json'}", flush=True)
     return 0

@@ -36,6 +36,7 @@ from conftest import REPO, read_jsonl, run_train
 
 # The smallest real runs: synthetic tokens, two 32-token sequences a step.
 TINY = ("data=synthetic", "train.seq_length=32", "train.global_batch_size=2", "train.micro_batch_size=1")
+DIVERGED_HINT = "(train.on_nan=stop): lower optim.lr or set optim.clip_grad; train.on_nan=skip drops such steps"
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -165,6 +166,78 @@ def test_kill_9_of_the_launcher_leaves_nothing_running(tmp_path):
     rows = len(read_jsonl(tmp_path / "metrics.jsonl"))
     time.sleep(1)
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == rows  # nobody trains on unsupervised
+
+
+def test_a_diverged_run_stops_at_that_step(tmp_path):
+    result = run_train(*TINY, "train.iters=5", "optim.lr=1e6", "optim.clip_grad=0", f"hydra.run.dir={tmp_path}",
+                       timeout=300)
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    match = re.fullmatch(r"non-finite (loss \(nan\) and gradients|loss \(inf\) and gradients|gradients) "
+                         r"at step (\d) " + re.escape(DIVERGED_HINT), summary["error"])
+    assert match, summary["error"]
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows[-1]["step"] == int(match.group(2)) < 5  # the run ended at the step it names
+    assert rows[-1]["nonfinite"] and all("nonfinite" not in r for r in rows[:-1])
+    assert result.stderr.strip().splitlines()[-1] == f"error: run diverged: {summary['error']}"
+
+
+def test_nan_on_one_stage_stops_every_rank_at_that_step(tmp_path):
+    result = run_train(*TINY, "parallel=pp2", "train.iters=4", "train.fault=nan", "train.fault_rank=0",
+                       "train.fault_step=2", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert summary["error"] == f"non-finite loss (nan) and gradients at step 2 {DIVERGED_HINT}"
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert summary["final_loss"] is not None and summary["final_loss"] > 0  # the last finite loss, not NaN
+    assert not (tmp_path / "errors").exists()  # no rank crashed or hung: both stopped at step 2
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_on_nan_skip_drops_the_update_and_goes_on(tmp_path):
+    result = run_train(*TINY, "parallel=pp2", "train.iters=4", "train.fault=nan", "train.fault_rank=0",
+                       "train.fault_step=2", "train.on_nan=skip", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["skipped_steps"]) == ("ok", 1)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r.get("nonfinite") for r in rows] == [None, ["loss", "gradients"], None, None]
+    assert rows[1]["loss"] is None and all(r["loss"] > 0 for r in (rows[0], rows[2], rows[3]))
+    assert rows[2]["lr"] == rows[1]["lr"]  # the skipped step did not advance the schedule
+    assert "[mixexp] step 2: non-finite loss and gradients; update skipped (train.on_nan=skip, 1 in a row)" \
+        in result.stdout
+
+
+def test_on_nan_skip_stops_after_too_many_in_a_row(tmp_path):
+    result = run_train(*TINY, "train.iters=3", "train.fault=nan", "train.fault_step=2", "train.on_nan=skip",
+                       "train.max_consecutive_skips=0", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert result.returncode == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["error"]) == (
+        "diverged", "non-finite loss (nan) and gradients at step 2, 1 in a row (train.max_consecutive_skips=0)")
+
+
+BAD_SETTINGS = [
+    (("train.fault=nann",), "train.fault=nann must be one of raise|hang|nan (or null)"),
+    (("parallel=dp2", "train.fault=raise", "train.fault_rank=2"), "train.fault_rank=2 must be in [0, world size 2)"),
+    (("train.fault=hang", "train.fault_step=9"), "train.fault_step=9 must be in [1, train.iters=4]"),
+    (("optim.lr=-1e-3",), "optim.lr=-0.001 must be a finite number >= 0"),
+    (("optim.lr=nan",), "optim.lr=nan must be a finite number >= 0"),
+    (("optim.min_lr=1e-2",), "optim.min_lr=0.01 exceeds optim.lr=0.0003; lower optim.min_lr"),
+    (("train.seq_length=8192",), "train.seq_length=8192 must be between 1 and model.max_position_embeddings=4096"),
+    (("train.on_nan=ignore",), "train.on_nan=ignore must be one of stop|skip"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_SETTINGS, ids=[m.split("=")[0] for _, m in BAD_SETTINGS])
+def test_bad_settings_are_answered_before_launch(tmp_path, args, message):
+    start = time.time()
+    result = run_train(*TINY, "train.iters=4", *args, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [f"error: {message}"])
+    assert time.time() - start < 30  # compose and check only: no torch, no torchrun
+    assert not (tmp_path / "worker_config.yaml").exists()
 
 
 # ---- one run per run directory -------------------------------------------------------------------
