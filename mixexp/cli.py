@@ -41,7 +41,14 @@ def run_job(cfg) -> int:
     """One Hydra job of train.py; returns its exit code."""
     from mixexp.app import failed_summary, train
 
+    from mixexp.run_lock import RunDirBusy, lock_run_dir
+
     run_dir = _run_dir()
+    try:  # before anything is written: the directory may be another run's
+        lock_run_dir(run_dir, cfg.cluster)
+    except RunDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         summary = train(cfg, run_dir)
     except ConfigError as exc:

@@ -243,6 +243,27 @@ def test_bad_settings_are_answered_before_launch(tmp_path, args, message):
 # ---- one run per run directory -------------------------------------------------------------------
 
 
+def test_a_second_run_in_a_busy_run_dir_is_refused(tmp_path):
+    first = start_train(tmp_path, "train.iters=500")
+    try:
+        recorded = {name: (tmp_path / name).read_text() for name in (".hydra/config.yaml", "worker_config.yaml")}
+        start = time.time()
+        second = run_train(*TINY, "optim.lr=1e-3", "train.iters=2", f"hydra.run.dir={tmp_path}", timeout=120)
+        assert second.returncode == 2 and time.time() - start < 30
+        assert re.fullmatch(rf"error: run directory {re.escape(str(tmp_path))} is in use by pid {first.pid} on "
+                            rf"{re.escape(socket.gethostname())} \(since [-0-9: ]+\): wait for that run to end, "
+                            rf"stop it, or choose another hydra\.run\.dir", second.stderr.strip()), second.stderr
+        assert {name: (tmp_path / name).read_text() for name in recorded} == recorded  # the first run's, untouched
+        assert first.poll() is None  # and it trains on
+    finally:
+        first.kill()  # kill -9: its lock is left behind, held by nobody
+        first.wait()
+    wait_until_gone(str(tmp_path), within_s=10)
+    third = run_train(*TINY, "train.iters=1", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "ok"
+
+
 # ---- checkpoints: a damaged file is named, never loaded -----------------------------------------
 
 
