@@ -79,7 +79,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from mixexp.data.prepare import prepare_data
     from mixexp.launch import launch, root_cause
 
-    ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered before launching
+    load_path, _ = ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered here
+    if load_path and cfg.ckpt.verify:
+        ckpt_dirs.check_sizes(load_path)  # a truncated or missing file too (contents: by the ranks)
 
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
     code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))

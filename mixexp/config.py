@@ -179,6 +179,8 @@ class CkptConfig:
     # On SIGTERM/SIGINT: finish the step, save, exit. The launcher kills what is left after this long.
     save_on_preempt: bool = True
     preempt_grace_s: int = 120
+    # Check a checkpoint against its manifest (file sizes before launching, CRC-32s before training).
+    verify: bool = True
     # Fault injection: the save at this step dies (SIGKILL) after writing its files, before committing.
     fault_during_save: Optional[int] = None
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixexp.ckpt_dirs import CONTENT
+from mixexp.ckpt_dirs import CONTENT, checkpoint_files, file_entry, write_manifest
 from mixexp.hf_mixtral import Block, MixtralShape, blocks, hf_names, hf_shapes, layer_of, region
 
 FORMAT = 1
@@ -195,6 +195,7 @@ def hf_to_mcore(hf: Path, out: Path, model: str | None = None) -> Path:
     seconds = time.perf_counter() - start
     _progress(f"wrote {gigabytes:.2f} GB in {seconds:.1f} s ({gigabytes / max(seconds, 1e-9):.2f} GB/s)")
     (tmp / CONTENT).write_text(json.dumps({"content": "weights", "source": str(hf)}) + "\n")
+    write_manifest(tmp, {name: file_entry(tmp / name) for name in checkpoint_files(tmp)})
     tmp.rename(out)
     return out
 

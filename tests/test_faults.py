@@ -267,6 +267,57 @@ def test_a_second_run_in_a_busy_run_dir_is_refused(tmp_path):
 # ---- checkpoints: a damaged file is named, never loaded -----------------------------------------
 
 
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("saved")
+    result = run_train(*TINY, "train.iters=2", "ckpt.save_interval=2", f"hydra.run.dir={run_dir}", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir / "checkpoints" / "iter_0000002"
+
+
+def damaged_copy(checkpoint: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, copy)
+    return copy
+
+
+def test_a_checkpoint_save_writes_a_manifest_of_every_file(saved_checkpoint):
+    manifest = json.loads((saved_checkpoint / "manifest.json").read_text())
+    files = sorted(str(p.relative_to(saved_checkpoint)) for p in saved_checkpoint.rglob("*") if p.is_file())
+    assert sorted(manifest) == [f for f in files if f != "manifest.json"]
+    assert {"common.pt", "metadata.json", "__0_0.distcp"} <= set(manifest)
+    for name, entry in manifest.items():
+        assert entry["size"] == (saved_checkpoint / name).stat().st_size
+        assert re.fullmatch(r"[0-9a-f]{8}", entry["crc32"])
+
+
+def test_overwritten_bytes_in_a_checkpoint_are_named_before_training(saved_checkpoint, tmp_path):
+    ckpt = damaged_copy(saved_checkpoint, tmp_path)
+    shard = ckpt / "__0_0.distcp"
+    with open(shard, "r+b") as f:  # what a bad disk or a clobbering copy does: same size, other bytes
+        f.seek(shard.stat().st_size // 2)
+        f.write(os.urandom(4096))
+    result = run_train(*TINY, "train.iters=4", f"ckpt.load={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    assert result.returncode == 1
+    error = json.loads((tmp_path / "run" / "summary.json").read_text())["error"]
+    assert re.fullmatch(rf"rank 0: CheckpointError: checkpoint {re.escape(str(ckpt))} is damaged: __0_0\.distcp has "
+                        r"CRC-32 [0-9a-f]{8}, the manifest says [0-9a-f]{8}; load another one, or ckpt\.verify=false "
+                        r"to load it unchecked", error), error
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # not a single step trained on it
+
+
+@pytest.mark.parametrize("name", ["__0_0.distcp", "common.pt"])
+def test_a_truncated_checkpoint_file_is_named_before_launch(saved_checkpoint, tmp_path, name):
+    ckpt = damaged_copy(saved_checkpoint, tmp_path)
+    size = (ckpt / name).stat().st_size
+    os.truncate(ckpt / name, size // 2)
+    result = run_train(*TINY, "train.iters=4", f"ckpt.load={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [
+        f"error: checkpoint {ckpt} is damaged: {name} has {size // 2} bytes, the manifest says {size}; "
+        f"load another one, or ckpt.verify=false to load it unchecked"])
+    assert not (tmp_path / "run" / "worker_config.yaml").exists()
+
+
 # ---- data files: named before launch ------------------------------------------------------------
 
 
