@@ -321,6 +321,47 @@ def test_a_truncated_checkpoint_file_is_named_before_launch(saved_checkpoint, tm
 # ---- data files: named before launch ------------------------------------------------------------
 
 
+def _no_idx(prefix):
+    os.unlink(f"{prefix}.idx")
+
+
+def _bad_magic(prefix):
+    with open(f"{prefix}.idx", "r+b") as f:
+        f.write(b"NOTANIDX!")
+
+
+def _short_idx(prefix):
+    os.truncate(f"{prefix}.idx", os.path.getsize(f"{prefix}.idx") - 8)
+
+
+def _short_bin(prefix):
+    os.truncate(f"{prefix}.bin", os.path.getsize(f"{prefix}.bin") - 2)
+
+
+BAD_DATA = [
+    (lambda p: None, "missing", "{p}.bin and {p}.idx do not exist"),
+    (_no_idx, "bin_without_idx", "{p}.idx does not exist"),
+    (_bad_magic, "corrupt_idx", "{p}.idx is not a Megatron index (bad header)"),
+    (_short_idx, "truncated_idx", "{p}.idx is corrupt: 234 bytes, its header implies 242"),
+    (_short_bin, "truncated_bin", "{p}.bin has 238 bytes, its index needs 240 (truncated?)"),
+]
+
+
+@pytest.mark.parametrize("damage, _id, problem", BAD_DATA, ids=[case[1] for case in BAD_DATA])
+def test_bad_data_files_are_named_before_launch(tmp_path, damage, _id, problem):
+    from mixexp.data.indexed import write_indexed
+
+    prefix = tmp_path / "corpus_text_document"
+    if _id != "missing":
+        write_indexed(str(prefix), [list(range(1, 13))] * 10, "uint16")  # 10 documents of 12 tokens
+    damage(prefix)
+    result = run_train("data.prefix=" + str(prefix), "train.seq_length=32", f"hydra.run.dir={tmp_path / 'run'}",
+                       timeout=120)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [
+        f"error: data.prefix={prefix}: {problem.format(p=prefix)}; point it at files written by preprocess.py "
+        f"(PREFIX.bin and PREFIX.idx)"])
+
+
 # ---- convert: bad Hugging Face input is one line, exit 2 ----------------------------------------
 
 

@@ -265,3 +265,30 @@ def read_index_header(path: str) -> dict:
         "sequence_count": seq_count,
         "document_count": doc_count,
     }
+
+
+def dataset_problem(prefix: str) -> str | None:
+    """What makes ``PREFIX.bin``/``.idx`` unreadable, or None. Reads the header and the last entry only,
+    so it costs nothing on a dataset of any size."""
+    idx, bin_ = idx_path(prefix), bin_path(prefix)
+    missing = [p for p in (bin_, idx) if not os.path.isfile(p)]
+    if missing:
+        return f"{' and '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist"
+    try:
+        header = read_index_header(idx)
+    except (ValueError, KeyError, struct.error):
+        return f"{idx} is not a Megatron index (bad header)"
+    count, docs = header["sequence_count"], header["document_count"]
+    expected = HEADER_SIZE + 12 * count + 8 * docs
+    if os.path.getsize(idx) != expected:
+        return f"{idx} is corrupt: {os.path.getsize(idx)} bytes, its header implies {expected}"
+    if count:
+        with open(idx, "rb") as f:
+            f.seek(HEADER_SIZE + 4 * (count - 1))
+            (last_length,) = struct.unpack("<i", f.read(4))
+            f.seek(HEADER_SIZE + 4 * count + 8 * (count - 1))
+            (last_pointer,) = struct.unpack("<q", f.read(8))
+        need = last_pointer + last_length * header["dtype"].itemsize
+        if os.path.getsize(bin_) < need:
+            return f"{bin_} has {os.path.getsize(bin_)} bytes, its index needs {need} (truncated?)"
+    return None
