@@ -365,6 +365,45 @@ def test_bad_data_files_are_named_before_launch(tmp_path, damage, _id, problem):
 # ---- convert: bad Hugging Face input is one line, exit 2 ----------------------------------------
 
 
+def run_convert(hf: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixexp.convert", "hf_to_mcore", f"hf={hf}", f"out={tmp_path / 'out'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+TINY_MIXTRAL = {"model_type": "mixtral", "num_hidden_layers": 4, "hidden_size": 128, "intermediate_size": 256,
+                "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 32000, "num_local_experts": 8}
+
+
+@pytest.mark.parametrize("config, problem", [
+    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes, line 1)"),
+    (json.dumps({**{k: v for k, v in TINY_MIXTRAL.items() if k != "num_local_experts"}, "model_type": "llama"}),
+     "is not a Mixtral config (model_type llama): no num_local_experts"),
+    ("[1, 2]", "is not a model config (a JSON object)"),
+], ids=["invalid_json", "not_mixtral", "not_an_object"])
+def test_convert_names_a_bad_config(tmp_path, config, problem):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(config)
+    result = run_convert(hf, tmp_path)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [f"error: {hf / 'config.json'} {problem}"])
+
+
+def test_convert_names_a_truncated_safetensors_shard(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(TINY_MIXTRAL))
+    shard = hf / "model-00001-of-00001.safetensors"
+    save_file({"model.embed_tokens.weight": np.zeros((32000, 128), dtype=np.float32)}, str(shard))
+    full = shard.stat().st_size
+    os.truncate(shard, full - 1000)  # an interrupted download
+    result = run_convert(hf, tmp_path)
+    assert (result.returncode, result.stderr.strip().splitlines()) == (2, [
+        f"error: {shard}: truncated: its tensors need {full} bytes, the file has {full - 1000}; download it again"])
+
+
 # ---- preprocessing: no orphans, no leftovers ----------------------------------------------------
 
 
