@@ -407,3 +407,58 @@ def test_convert_names_a_truncated_safetensors_shard(tmp_path):
 # ---- preprocessing: no orphans, no leftovers ----------------------------------------------------
 
 
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def preprocess(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "preprocess.py", *args, "show_progress=false"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_kill_9_of_preprocess_takes_its_workers_and_a_rerun_removes_the_leftovers(tmp_path):
+    sample = (REPO / "data" / "sample" / "sample_text.jsonl").read_text()
+    big = tmp_path / "big.jsonl"
+    big.write_text(sample * 20)  # 8 MB: tokenizing takes a while
+    out = tmp_path / "out"
+    proc = preprocess(f"input={big}", f"output_prefix={out}/x", "workers=2")
+    try:
+        deadline = time.time() + 60
+        while not (len(children_of(proc.pid)) == 2 and out.exists() and any(out.iterdir())):
+            assert time.time() < deadline and proc.poll() is None, "preprocessing never started writing"
+            time.sleep(0.05)
+        workers = children_of(proc.pid)
+        proc.kill()
+        proc.wait()
+        start = time.time()
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                  for pid in workers):
+            assert time.time() - start < 5, f"workers {workers} outlived their parent"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert leftovers and all(name.startswith(".x_text_document.") and name.endswith(".tmp") for name in leftovers)
+
+    rerun = preprocess(f"input={REPO / 'data' / 'sample' / 'sample_text.jsonl'}", f"output_prefix={out}/x")
+    _, stderr = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x_text_document.bin", "x_text_document.idx"]
+    assert f"preprocess: removed {out}/{leftovers[0]}, left by a writer that is gone" in stderr
+
+
+def test_an_output_prefix_that_is_a_directory_is_refused(tmp_path):
+    proc = preprocess(f"input={REPO / 'data' / 'sample' / 'sample_text.jsonl'}", f"output_prefix={tmp_path}/")
+    _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr.strip().splitlines()) == (2, [
+        f"preprocess: error: output_prefix={tmp_path}/ ends with a directory separator; name the files, "
+        f"e.g. output_prefix={tmp_path}/corpus"])
+    assert list(tmp_path.iterdir()) == []
