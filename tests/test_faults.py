@@ -68,12 +68,12 @@ def test_a_raising_rank_ends_the_job_with_its_error(tmp_path):
 
 def test_a_hung_rank_fails_by_collective_timeout(tmp_path):
     result = run_train("parallel=dp2", "data=synthetic", "train.iters=4", "train.fault=hang", "train.fault_rank=0",
-                       "train.fault_step=2", "train.collective_timeout_s=10", f"hydra.run.dir={tmp_path}",
+                       "train.fault_step=2", "train.collective_timeout_s=20", f"hydra.run.dir={tmp_path}",
                        timeout=300)
     assert result.returncode == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed"
-    assert summary["error"].startswith("rank 1: ")  # the peer that waited in vain reports it
+    assert summary["error"].startswith("rank 1: "), summary["error"]  # the peer that waited in vain reports it
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -133,13 +133,15 @@ def wait_until_gone(text: str, within_s: float) -> float:
 
 def test_a_timeout_under_a_minute_is_honoured(tmp_path):
     result = run_train(*TINY, "parallel=dp2", "train.iters=3", "train.fault=hang", "train.fault_rank=0",
-                       "train.fault_step=2", "train.collective_timeout_s=5", f"hydra.run.dir={tmp_path}", timeout=300)
+                       "train.fault_step=2", "train.collective_timeout_s=20", f"hydra.run.dir={tmp_path}", timeout=300)
     assert result.returncode == 1
     error = json.loads((tmp_path / "summary.json").read_text())["error"]
-    assert error.startswith("rank 1: ") and "Timed out waiting 5000ms" in error
+    assert error.startswith("rank 1: ") and "Timed out waiting 20000ms" in error, error
     hang_began = (tmp_path / "metrics.jsonl").stat().st_mtime  # step 1's row, then rank 0 hangs in step 2
     waited = (tmp_path / "errors" / "rank1.txt").stat().st_mtime - hang_began
-    assert 4 < waited < 30  # was 60 s: megatron's groups took whole minutes
+    # Was 60 s: megatron's groups took whole minutes. (The timeout covers every collective, start-up
+    # skew between ranks too: 20 s, not less, keeps this test steady on a loaded 2-core machine.)
+    assert 19 < waited < 45
 
 
 def test_a_killed_rank_is_the_one_blamed(tmp_path):
