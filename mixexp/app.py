@@ -80,16 +80,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     from mixexp import ckpt_dirs
     from mixexp.data.prepare import prepare_data
-    from mixexp.launch import first_error, launch
+    from mixexp.launch import launch, root_cause
 
-    ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered before launching
+    load_path, _ = ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered here
+    if load_path and cfg.ckpt.verify:
+        ckpt_dirs.check_sizes(load_path)  # a truncated or missing file too (contents: by the ranks)
 
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
     code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))
     summary_path = run_dir / "summary.json"
     if code == 0 and summary_path.exists():
         return json.loads(summary_path.read_text())
-    error = first_error(run_dir) or f"torchrun exited with code {code}"
+    error = root_cause(run_dir) or f"torchrun exited with code {code}"
     if ": ConfigError: " in error:  # a rank found the config cannot do what it says (NPU switch checks)
         raise ConfigError(error.replace(": ConfigError: ", ": ", 1))
     return failed_summary(run_dir, cfg, error, layout)

@@ -140,10 +140,11 @@ def save(root: Path, step: int, chunks, optimizer, scheduler, cfg, layout) -> Pa
     }
     with _quiet():
         dist_checkpointing.save(state, str(tmp))
+    # megatron-core's synchronous save ends with a barrier (after metadata.json): every rank's shards
+    # are written, and the manifest's gather orders them before rank 0 commits.
+    _write_manifest(tmp)
     if cfg.ckpt.fault_during_save == step and dist.get_rank() == 0:
         os.kill(os.getpid(), signal.SIGKILL)  # files written, nothing committed: `latest` must not change
-    # No barrier here: megatron-core's synchronous save ends with one (after metadata.json), so every
-    # rank's shards are written before rank 0 commits.
     final = root / ckpt_dirs.iter_name(step)
     if dist.get_rank() == 0:
         ckpt_dirs.commit(root, tmp, cfg.ckpt.keep_last)
@@ -151,7 +152,33 @@ def save(root: Path, step: int, chunks, optimizer, scheduler, cfg, layout) -> Pa
     return final
 
 
+def _write_manifest(path: Path) -> None:
+    """Each rank hashes a share of the checkpoint's files; rank 0 writes the manifest."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    names = ckpt_dirs.checkpoint_files(path)
+    shares = [None] * world
+    dist.all_gather_object(shares, {name: ckpt_dirs.file_entry(path / name) for name in names[rank::world]})
+    if rank == 0:
+        ckpt_dirs.write_manifest(path, {name: entry for share in shares for name, entry in share.items()})
+
+
 # ---- load -------------------------------------------------------------------------------------
+
+
+def verify(path: Path) -> None:
+    """Every file's CRC-32 against the manifest, a share per rank; all ranks raise the same error."""
+    entries = ckpt_dirs.read_manifest(path)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if entries is None:
+        if rank == 0:
+            print(f"[mixexp] {path} has no {ckpt_dirs.MANIFEST} (saved before manifests): loading it unverified",
+                  flush=True)
+        return
+    shares = [None] * world
+    dist.all_gather_object(shares, ckpt_dirs.check_contents(path, sorted(entries)[rank::world]))
+    problems = sorted(problem for share in shares for problem in share)
+    if problems:
+        raise CheckpointError(problems[0])
 
 
 def _check_model_shape(saved: dict | None, model_cfg, path: Path) -> None:
@@ -182,6 +209,8 @@ def load(path: Path, chunks, optimizer, scheduler, cfg, layout, weights_only: bo
     returned step is 0.
     """
     path = Path(path)
+    if cfg.ckpt.verify:
+        verify(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
     _check_model_shape(common.get("model_config"), cfg.model, path)
     model_sd = model_sharded_state_dict(chunks)

@@ -10,6 +10,10 @@ A save writes into `iter_N.tmp/`, renames it to `iter_N/` once every rank has
 written its shards, then replaces `latest` (write a temporary file, fsync,
 rename): a run killed at any moment leaves `latest` naming a complete
 checkpoint. Pure Python, no torch: the launcher validates `ckpt.load` with it.
+
+Before the rename, `manifest.json` records every file's size and CRC-32 (each rank hashes a
+share of the files). A load checks the sizes before launching and the CRCs before training
+(`ckpt.verify=false` skips both), so a truncated or overwritten file is named, not loaded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 from mixexp.errors import ConfigError
@@ -25,7 +30,9 @@ from mixexp.errors import ConfigError
 LATEST = "latest"
 METADATA = "metadata.json"  # written by dist_checkpointing into every checkpoint
 CONTENT = "mixexp.json"  # what a converted checkpoint holds, readable without torch
+MANIFEST = "manifest.json"  # {file: {"size": bytes, "crc32": hex}} of every other file
 _ITER = re.compile(r"^iter_(\d{7,})$")
+_BLOCK = 8 << 20
 
 
 def iter_name(step: int) -> str:
@@ -38,6 +45,73 @@ def root_dir(ckpt_cfg, run_dir: Path) -> Path:
 
 def is_checkpoint(path: Path) -> bool:
     return (Path(path) / METADATA).is_file()
+
+
+def checkpoint_files(path: Path) -> list[str]:
+    """Every file of a checkpoint but its manifest, relative and sorted (the same list on every rank)."""
+    path = Path(path)
+    return sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.name != MANIFEST)
+
+
+def file_entry(path: Path) -> dict:
+    """A file's size and CRC-32: cheap enough to hash every byte (about 1-3 GB/s a core)."""
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            crc = zlib.crc32(block, crc)
+    return {"size": os.path.getsize(path), "crc32": f"{crc:08x}"}
+
+
+def write_manifest(path: Path, entries: dict) -> None:
+    target = Path(path) / MANIFEST
+    with open(target, "w") as f:
+        json.dump(dict(sorted(entries.items())), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest's entries; None for a checkpoint saved without one (before manifests)."""
+    target = Path(path) / MANIFEST
+    if not target.is_file():
+        return None
+    try:
+        return json.loads(target.read_text())
+    except ValueError:
+        raise ConfigError(f"{target} is not valid JSON: the checkpoint is damaged; load another one, "
+                          f"or ckpt.verify=false to load it unchecked") from None
+
+
+def _damaged(path: Path, problem: str) -> str:
+    return f"checkpoint {path} is damaged: {problem}; load another one, or ckpt.verify=false to load it unchecked"
+
+
+def check_sizes(path: Path) -> None:
+    """Every file the manifest lists exists with its size (cheap: run by the launcher)."""
+    entries = read_manifest(path)
+    for name, entry in (entries or {}).items():
+        file = Path(path) / name
+        if not file.is_file():
+            raise ConfigError(_damaged(path, f"{name} is missing"))
+        if file.stat().st_size != entry["size"]:
+            raise ConfigError(_damaged(path, f"{name} has {file.stat().st_size} bytes, the manifest says {entry['size']}"))
+
+
+def check_contents(path: Path, names: list[str]) -> list[str]:
+    """Problems of the named files (size or CRC-32 differ from the manifest's): one line each."""
+    entries = read_manifest(path) or {}
+    problems = []
+    for name in names:
+        file = Path(path) / name
+        if not file.is_file():
+            problems.append(_damaged(path, f"{name} is missing"))
+            continue
+        got, want = file_entry(file), entries[name]
+        if got["size"] != want["size"]:
+            problems.append(_damaged(path, f"{name} has {got['size']} bytes, the manifest says {want['size']}"))
+        elif got["crc32"] != want["crc32"]:
+            problems.append(_damaged(path, f"{name} has CRC-32 {got['crc32']}, the manifest says {want['crc32']}"))
+    return problems
 
 
 def weights_only(path: Path) -> bool:

@@ -41,15 +41,22 @@ def run_job(cfg) -> int:
     """One Hydra job of train.py; returns its exit code."""
     from mixexp.app import failed_summary, train
 
+    from mixexp.run_lock import RunDirBusy, lock_run_dir
+
     run_dir = _run_dir()
+    try:  # before anything is written: the directory may be another run's
+        lock_run_dir(run_dir, cfg.cluster)
+    except RunDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         summary = train(cfg, run_dir)
     except ConfigError as exc:
         failed_summary(run_dir, cfg, str(exc))
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    if summary.get("status") == "failed":
-        print(f"error: run failed: {summary['error']}", file=sys.stderr, flush=True)
+    if summary.get("status") in ("failed", "diverged"):
+        print(f"error: run {summary['status']}: {summary['error']}", file=sys.stderr, flush=True)
         return 1
     print(f"[mixexp] summary: {run_dir / 'summary.json'}", flush=True)
     return 0

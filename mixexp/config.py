@@ -153,8 +153,14 @@ class TrainSettings:
     warmup_steps: int = 2
     # Timeout of every collective; a hung peer fails the job instead of waiting forever.
     collective_timeout_s: int = 120
+    # A NaN/Inf loss or gradient: stop (the run ends at that step, status "diverged", exit 1) or
+    # skip (that update is dropped, as Megatron does for a bad step; the run still ends as diverged
+    # after more than train.max_consecutive_skips bad steps in a row).
+    on_nan: str = "stop"
+    max_consecutive_skips: int = 5
     # Fault injection, to check that a failing rank ends the whole job: rank `fault_rank`
-    # raises (fault=raise) or stops answering (fault=hang) at step `fault_step`.
+    # raises (fault=raise), stops answering (fault=hang) or makes its forward output NaN
+    # (fault=nan, for train.on_nan) at step `fault_step`.
     fault: Optional[str] = None
     fault_rank: int = 0
     fault_step: int = 1
@@ -175,6 +181,8 @@ class CkptConfig:
     # On SIGTERM/SIGINT: finish the step, save, exit. The launcher kills what is left after this long.
     save_on_preempt: bool = True
     preempt_grace_s: int = 120
+    # Check a checkpoint against its manifest (file sizes before launching, CRC-32s before training).
+    verify: bool = True
     # Fault injection: the save at this step dies (SIGKILL) after writing its files, before committing.
     fault_during_save: Optional[int] = None
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixexp.ckpt_dirs import CONTENT
+from mixexp.ckpt_dirs import CONTENT, checkpoint_files, file_entry, write_manifest
 from mixexp.hf_mixtral import Block, MixtralShape, blocks, hf_names, hf_shapes, layer_of, region
 
 FORMAT = 1
@@ -62,6 +62,27 @@ def _numel(shape: tuple) -> int:
 # ---- safetensors, memory-mapped ----------------------------------------------------------------
 
 
+def _safetensors_header(f: Path) -> tuple[int, dict]:
+    """(where the data starts, {tensor: info}) of one file, checked against the file's size:
+    a truncated or foreign file is named here, not by a failing memory map later."""
+    have = f.stat().st_size
+    with open(f, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if have < 8 or 8 + size > have:
+            raise ConvertError(f"{f}: truncated or not safetensors (the header needs {8 + size} bytes, "
+                               f"the file has {have})")
+        try:
+            header = json.loads(fh.read(size))
+        except ValueError:
+            raise ConvertError(f"{f}: not a safetensors file (its header is not JSON)") from None
+    header.pop("__metadata__", None)
+    need = 8 + size + max((info["data_offsets"][1] for info in header.values()), default=0)
+    if need > have:
+        raise ConvertError(f"{f}: truncated: its tensors need {need} bytes, the file has {have}; "
+                           f"download it again")
+    return 8 + size, header
+
+
 class SafetensorsDir:
     """The tensors of a directory of *.safetensors files: names, shapes, and memory maps of rows."""
 
@@ -72,12 +93,9 @@ class SafetensorsDir:
             raise ConvertError(f"{path} has no *.safetensors files")
         self.entries: dict[str, tuple[Path, int, dict]] = {}
         for f in files:
-            with open(f, "rb") as fh:
-                size = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(size))
-            header.pop("__metadata__", None)
+            base, header = _safetensors_header(f)
             for name, info in header.items():
-                self.entries[name] = (f, 8 + size, info)
+                self.entries[name] = (f, base, info)
 
     def names(self) -> set[str]:
         return set(self.entries)
@@ -163,13 +181,36 @@ def _model_config_check(shape: MixtralShape, model: str | None) -> None:
         raise ConvertError(f"the HF config differs from model={model} (ours vs HF): {'; '.join(diffs)}")
 
 
+HF_REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size",
+               "num_local_experts")
+
+
+def _read_hf_config(path: Path) -> dict:
+    """A Hugging Face Mixtral config.json, or a ConvertError naming what is wrong with it."""
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConvertError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)}, line "
+                           f"{getattr(exc, 'lineno', '?')})") from None
+    if not isinstance(config, dict):
+        raise ConvertError(f"{path} is not a model config (a JSON object)")
+    missing = [k for k in HF_REQUIRED if k not in config]
+    if missing:
+        kind = config.get("model_type") or "unknown"
+        raise ConvertError(f"{path} is not a Mixtral config (model_type {kind}): no {', '.join(missing)}")
+    return config
+
+
 def hf_to_mcore(hf: Path, out: Path, model: str | None = None) -> Path:
     hf, out = Path(hf), Path(out)
     if not (hf / "config.json").is_file():
         raise ConvertError(f"hf={hf} has no config.json: point hf= at a Hugging Face Mixtral model directory "
                            f"(config.json and *.safetensors)")
-    config = json.loads((hf / "config.json").read_text())
-    shape = MixtralShape.from_hf(config)
+    config = _read_hf_config(hf / "config.json")
+    try:
+        shape = MixtralShape.from_hf(config)
+    except ValueError as exc:
+        raise ConvertError(f"{hf / 'config.json'}: {exc}") from None
     _model_config_check(shape, model)
     files = SafetensorsDir(hf)
     _check_hf_tensors(files, shape)
@@ -195,6 +236,7 @@ def hf_to_mcore(hf: Path, out: Path, model: str | None = None) -> Path:
     seconds = time.perf_counter() - start
     _progress(f"wrote {gigabytes:.2f} GB in {seconds:.1f} s ({gigabytes / max(seconds, 1e-9):.2f} GB/s)")
     (tmp / CONTENT).write_text(json.dumps({"content": "weights", "source": str(hf)}) + "\n")
+    write_manifest(tmp, {name: file_entry(tmp / name) for name in checkpoint_files(tmp)})
     tmp.rename(out)
     return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mixexp.layout import Layout
+from mixexp.lifetime import die_with_parent_preexec
 
 
 def stage_parameter_counts(cfg, layout: Layout) -> list[int]:
@@ -71,7 +72,8 @@ def dry_run_in_subprocess(cfg, layout: Layout, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "dry_run_config.yaml"
     OmegaConf.save(cfg, path, resolve=True)
-    code = subprocess.call([sys.executable, "-m", "mixexp.dryrun", str(path), str(run_dir)])
+    code = subprocess.call([sys.executable, "-m", "mixexp.dryrun", str(path), str(run_dir)],
+                           preexec_fn=die_with_parent_preexec())
     summary_path = run_dir / "summary.json"
     if code != 0 or not summary_path.exists():
         from mixexp.report import write_summary

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from mixexp.lifetime import die_with_parent_preexec
 from mixexp.worker import WORKER_CONFIG
 
 GRACE_S = 20
@@ -49,8 +50,16 @@ def torchrun_prefix(cfg, nproc_per_node: int, master_port: int) -> list[str]:
     ]
 
 
+def exits_path(run_dir: Path, node_rank: int) -> Path:
+    """Where mixexp.torchrun records how this node's failed ranks ended."""
+    return Path(run_dir) / "errors" / f"exits.node{node_rank}.json"
+
+
 def torchrun_command(cfg, nproc_per_node: int, run_dir: Path, master_port: int) -> list[str]:
-    return torchrun_prefix(cfg, nproc_per_node, master_port) + ["-m", "mixexp.worker", str(run_dir)]
+    """torchrun through mixexp.torchrun, which records the ranks' exit codes and signals."""
+    torchrun_args = torchrun_prefix(cfg, nproc_per_node, master_port)[3:]  # after `python -m torch.distributed.run`
+    return [sys.executable, "-m", "mixexp.torchrun", str(exits_path(run_dir, cfg.cluster.node_rank)),
+            *torchrun_args, "-m", "mixexp.worker", str(run_dir)]
 
 
 def worker_env(cfg, nproc_per_node: int) -> dict:
@@ -83,8 +92,10 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, g
     by line and handed over (stdout and stderr merged).
     """
     pipe = subprocess.PIPE if on_line else None
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=pipe,
-                            stderr=subprocess.STDOUT if on_line else None, text=True, errors="replace", bufsize=1)
+    # Its own session (to signal its group), yet it dies with us: a kill -9 of the launcher leaves nothing.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=die_with_parent_preexec(),
+                            stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=True, errors="replace",
+                            bufsize=1)
     stop = {}
 
     def request_stop(signum, frame):
@@ -129,7 +140,46 @@ def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
     return supervise(torchrun_command(cfg, nproc_per_node, run_dir, port), env, grace_s=grace + TORCHRUN_MARGIN_S)
 
 
-def first_error(run_dir: Path) -> str | None:
-    """The root cause: the first error a rank wrote (later ones are usually its peers hanging up)."""
+# What a rank sees when a peer vanished (gloo, NCCL): a consequence, not the cause.
+PEER_VANISHED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                 "remote process exited", "NCCL communicator was aborted")
+
+
+def _rank_errors(run_dir: Path) -> list[tuple[int, str]]:
+    """(rank, first line) of each error a rank wrote, oldest first."""
     files = sorted((run_dir / "errors").glob("rank*.txt"), key=lambda p: p.stat().st_mtime)
-    return files[0].read_text().splitlines()[0] if files else None
+    return [(int(p.stem[len("rank"):]), p.read_text().splitlines()[0]) for p in files]
+
+
+def _killed_ranks(run_dir: Path) -> list[tuple[int, str]]:
+    """(rank, signal name) of each rank that torchrun saw end by a signal (mixexp.torchrun's records)."""
+    import json
+
+    killed = []
+    for path in sorted((run_dir / "errors").glob("exits.node*.json")):
+        for rank, end in json.loads(path.read_text()).items():
+            if end["signal"]:
+                killed.append((int(rank), end["signal"]))
+    return sorted(killed)
+
+
+def _killed_message(rank: int, signal_name: str) -> str:
+    hint = " (the kernel's out-of-memory killer, or kill -9)" if signal_name == "SIGKILL" else ""
+    return f"rank {rank}: killed by {signal_name}{hint}"
+
+
+def root_cause(run_dir: Path) -> str | None:
+    """The error that ended the job: a rank's own error before a rank killed by a signal (which could
+    write none) before its peers' complaints that it vanished; SIGTERM is torchrun stopping the rest."""
+    errors = _rank_errors(run_dir)
+    wrote = {rank for rank, _ in errors}
+    killed = [(rank, sig) for rank, sig in _killed_ranks(run_dir) if rank not in wrote]
+    own = [line for _, line in errors if not any(marker in line for marker in PEER_VANISHED)]
+    by_others = [k for k in killed if k[1] != "SIGTERM"]
+    if own:
+        return own[0]
+    if by_others:
+        return _killed_message(*by_others[0])
+    if errors:
+        return errors[0][1]
+    return _killed_message(*killed[0]) if killed else None

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mixexp.errors import ConfigError
+from mixexp.run_checks import check_run_settings
 
 CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo")
 DISPATCHERS = ("allgather", "alltoall")
@@ -183,4 +184,5 @@ def validate(cfg: Any) -> Layout:
         _divides("cluster.nnodes", cfg.cluster.nnodes, "the layout's world size", layout.world_size)
     _check(0 <= cfg.cluster.node_rank < cfg.cluster.nnodes,
            f"cluster.node_rank={cfg.cluster.node_rank} must be in [0, cluster.nnodes={cfg.cluster.nnodes})")
+    check_run_settings(cfg, layout.world_size)
     return layout

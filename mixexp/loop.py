@@ -8,6 +8,7 @@ reported loss is the token mean over the whole global batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,8 +26,10 @@ from mixexp import ckpt_compat
 class StepResult:
     loss: float | None  # mean LM loss over the global batch (last pipeline stage only)
     tokens: int  # loss tokens in the global batch (last pipeline stage only)
-    grad_norm: float
+    grad_norm: float | None  # None: not computed (optim.clip_grad=0) or the update was not applied
     lr: float
+    # What was NaN/Inf on any rank this step ("loss", "gradients"); when not empty, no update was applied.
+    nonfinite: tuple[str, ...] = ()
 
 
 def wrap_ddp(chunks, config, cfg):
@@ -102,10 +105,26 @@ def _loss(loss_mask, output_tensor):
     return loss_sum, tokens, {"lm loss": torch.stack([loss_sum.detach(), tokens.float()])}
 
 
-def _forward_step(data_iterator, model):
+def _forward_step(data_iterator, model, poison: bool = False):
     batch = next(data_iterator)
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    if poison:  # train.fault=nan: this stage's output (activations, or the losses) becomes NaN
+        output = output * float("nan")
     return output, partial(_loss, batch["loss_mask"])
+
+
+def _nonfinite_gradients(model) -> bool:
+    """Any NaN/Inf in this rank's (data-parallel reduced) gradient buffers. A sum per buffer: NaN and
+    Inf survive it, and unlike isfinite() over the buffer it allocates nothing the buffer's size."""
+    sums = [buffer.grad_data.sum() for chunk in model for buffer in chunk.buffers + chunk.expert_parallel_buffers]
+    return bool(sums) and not torch.isfinite(torch.stack(sums)).all().item()
+
+
+def _nonfinite_anywhere(loss_bad: bool, grads_bad: bool, device) -> tuple[str, ...]:
+    """What was NaN/Inf on any rank: every rank gets the same answer, so all skip or stop together."""
+    flags = torch.tensor([float(loss_bad), float(grads_bad)], device=device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return tuple(name for name, bad in zip(("loss", "gradients"), flags.tolist()) if bad)
 
 
 class Trainer:
@@ -116,7 +135,8 @@ class Trainer:
         config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
         self.forward_backward = get_forward_backward_func()
 
-    def step(self, step: int) -> StepResult:
+    def step(self, step: int, poison: bool = False) -> StepResult:
+        """One update; with a NaN/Inf loss or gradient on any rank, no rank applies it."""
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
@@ -126,7 +146,7 @@ class Trainer:
         data = list(batches)
         iterators = [iter(data) for _ in self.model] if len(self.model) > 1 else iter(data)
         reports = self.forward_backward(
-            forward_step_func=_forward_step,
+            forward_step_func=partial(_forward_step, poison=poison),
             data_iterator=iterators,
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=self.microbatches.num_microbatches,
@@ -135,11 +155,15 @@ class Trainer:
             forward_only=False,
         )
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's update used
-        _, grad_norm, _ = self.optimizer.step()
-        self.scheduler.step(increment=1)
         loss, tokens = None, 0
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             totals = torch.stack([r["lm loss"] for r in reports]).sum(0)
             torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
             loss, tokens = (totals[0] / totals[1]).item(), int(totals[1].item())
-        return StepResult(loss=loss, tokens=tokens, grad_norm=float(grad_norm or 0.0), lr=lr)
+        nonfinite = _nonfinite_anywhere(loss is not None and not math.isfinite(loss), _nonfinite_gradients(self.model),
+                                        next(self.model[0].parameters()).device)
+        if nonfinite:  # as Megatron does for a bad step: no update, the schedule does not advance
+            return StepResult(loss=loss, tokens=tokens, grad_norm=None, lr=lr, nonfinite=nonfinite)
+        _, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        return StepResult(loss=loss, tokens=tokens, grad_norm=None if grad_norm is None else float(grad_norm), lr=lr)

@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mixexp.lifetime import die_with_parent_preexec
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
               "vocab_size", "make_vocab_size_divisible_by", "untie_embeddings", "num_experts", "moe_ffn_hidden_size")
@@ -119,7 +121,8 @@ def _start(jobs: list) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mixexp.param_counts"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=die_with_parent_preexec())
     proc.stdin.write(json.dumps(jobs))
     proc.stdin.close()
     proc.stdin = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,11 +20,22 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+FAILED_STATUSES = ("failed", "diverged")  # the run did not do what was asked: exit code 1
+
+
+def json_number(value):
+    """NaN and Inf are not JSON: written as null (the summary's error or the row says what was not finite)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_summary(run_dir, **fields) -> dict:
-    """summary.json with exactly the contract's keys; `error` only when the run failed."""
-    summary = {k: fields.get(k) for k in SUMMARY_KEYS}
-    if summary["status"] != "failed":
+    """summary.json with the contract's keys; `error` only when the run failed or diverged,
+    `skipped_steps` only when train.on_nan=skip dropped updates."""
+    summary = {k: json_number(fields.get(k)) for k in SUMMARY_KEYS}
+    if summary["status"] not in FAILED_STATUSES:
         summary.pop("error")
+    if fields.get("skipped_steps"):
+        summary["skipped_steps"] = fields["skipped_steps"]
     write_json_atomic(Path(run_dir) / "summary.json", summary)
     return summary
 
@@ -34,7 +46,7 @@ def _fmt(value, spec: str) -> str:
 
 def console_line(row: dict, iters: int, eta_s: float | None) -> str:
     return (f"step {row['step']:>5}/{iters} | loss {_fmt(row['loss'], '.4f')} | lr {row['lr']:.2e} | "
-            f"grad {row['grad_norm']:.3f} | {row['step_time_s']:.3f} s | {row['tokens_per_sec']:,.0f} tok/s | "
+            f"grad {_fmt(row['grad_norm'], '.3f')} | {row['step_time_s']:.3f} s | {row['tokens_per_sec']:,.0f} tok/s | "
             f"{row['tokens_per_sec_per_device']:,.0f} tok/s/dev | {row['tflops_per_device']:.3f} TFLOP/s/dev | "
             f"MFU {_fmt(None if row['mfu'] is None else 100 * row['mfu'], '.1f')}% | "
             f"mem {_fmt(row['memory_gb'], '.2f')} GB | ETA {_fmt(eta_s, '.0f')} s")
@@ -59,6 +71,7 @@ class MetricsWriter:
         self.file.flush()
 
     def write(self, row: dict) -> None:
+        row = {k: json_number(v) for k, v in row.items()}
         self.rows.append(row)
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()

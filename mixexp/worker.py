@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from mixexp import ckpt_dirs, devices
 from mixexp.errors import ConfigError
 from mixexp.layout import validate
+from mixexp.lifetime import die_with_parent
 
 WORKER_CONFIG = "worker_config.yaml"
 
@@ -49,7 +50,27 @@ def _inject_fault(cfg, rank: int, step: int) -> None:
     if t.fault and rank == t.fault_rank and step == t.fault_step:
         if t.fault == "raise":
             raise RuntimeError(f"injected fault at step {step}")
-        time.sleep(10 * t.collective_timeout_s + 600)  # "hang": peers must time out
+        if t.fault == "hang":
+            time.sleep(10 * t.collective_timeout_s + 600)  # peers must time out
+
+
+def _poisoned(cfg, rank: int, step: int) -> bool:
+    """train.fault=nan: this rank's forward output is NaN at this step (a divergence, for train.on_nan)."""
+    t = cfg.train
+    return t.fault == "nan" and rank == t.fault_rank and step == t.fault_step
+
+
+def divergence(t, step: int, result, in_a_row: int) -> str | None:
+    """Why a step with a NaN/Inf loss or gradient ends the run, or None when train.on_nan=skip goes on."""
+    what = " and ".join(f"loss ({result.loss})" if name == "loss" and result.loss is not None else name
+                        for name in result.nonfinite)
+    if t.on_nan == "stop":
+        return (f"non-finite {what} at step {step} (train.on_nan=stop): lower optim.lr or set "
+                f"optim.clip_grad; train.on_nan=skip drops such steps")
+    if in_a_row > t.max_consecutive_skips:
+        return (f"non-finite {what} at step {step}, {in_a_row} in a row "
+                f"(train.max_consecutive_skips={t.max_consecutive_skips})")
+    return None
 
 
 class StopFlag:
@@ -94,7 +115,8 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     devices.finish(device)
     from mixexp.model import init_parallel_state
 
-    init_parallel_state(layout, distributed_timeout_minutes=max(1, cfg.train.collective_timeout_s // 60))
+    # Megatron's groups take minutes; a fraction keeps a timeout under a minute what it says.
+    init_parallel_state(layout, distributed_timeout_minutes=cfg.train.collective_timeout_s / 60)
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.train.seed)
 
     from mixexp import checkpoint
@@ -143,10 +165,11 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
             print(f"[mixexp] loaded {what} {load_path}", flush=True)
 
     interval, preempted = cfg.ckpt.save_interval, False
+    diverged, skipped, in_a_row = None, 0, 0
     for step in range(start + 1, t.iters + 1):
         _inject_fault(cfg, rank, step)
         begin = time.perf_counter()
-        result = trainer.step(step - 1)
+        result = trainer.step(step - 1, poison=_poisoned(cfg, rank, step))
         step_time = time.perf_counter() - begin
         # One collective per step: the peak memory, and whether any rank was asked to stop. float32:
         # MindSpeed's all_reduce reduces a float64 tensor in a float32 copy and drops the result.
@@ -159,9 +182,23 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
         if reporting:
             row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                    **throughput.step_metrics(step_time), "memory_gb": shared[0].item()}
+            if result.nonfinite:
+                row["nonfinite"] = list(result.nonfinite)
             writer.write(row)
             if tracker:
                 tracker.log_step(step, row)
+        in_a_row = in_a_row + 1 if result.nonfinite else 0
+        if result.nonfinite:
+            diverged = divergence(t, step, result, in_a_row)
+            if diverged is None:
+                skipped += 1
+                if reporting:
+                    print(f"[mixexp] step {step}: non-finite {' and '.join(result.nonfinite)}; update skipped "
+                          f"(train.on_nan=skip, {in_a_row} in a row)", flush=True)
+            elif reporting:
+                print(f"[mixexp] diverged: {diverged}", flush=True)
+        if diverged:
+            break
         if preempted or (interval and (step % interval == 0 or step == t.iters)):
             path = checkpoint.save(ckpt_root, step, chunks, optimizer, scheduler, cfg, layout)
             if reporting:
@@ -174,8 +211,10 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
 
     if reporting:
         writer.close()
-        summary = write_summary(run_dir, status="preempted" if preempted else "ok", layout=layout.as_dict(),
-                                world_size=world, params_total=params_total(cfg.model, vocab),
+        status = "diverged" if diverged else "preempted" if preempted else "ok"
+        summary = write_summary(run_dir, status=status, error=diverged, skipped_steps=skipped,
+                                layout=layout.as_dict(), world_size=world,
+                                params_total=params_total(cfg.model, vocab),
                                 params_per_rank_max=int(local_params.item()), stack=stack,
                                 **summarize(writer.rows, t.warmup_steps))
         if tracker:
@@ -186,6 +225,9 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if os.getppid() == 1:  # torchrun died while we started: nobody supervises this rank
+        return 1
+    die_with_parent(os.getppid())  # a killed torchrun takes its ranks with it
     run_dir = Path(argv[0])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cfg = OmegaConf.load(run_dir / WORKER_CONFIG)

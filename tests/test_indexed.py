@@ -1,6 +1,7 @@
 """Our .bin/.idx writer against Megatron's format, byte for byte."""
 
 import os
+import socket
 import struct
 
 import numpy as np
@@ -103,7 +104,8 @@ def test_temporary_names_until_commit(tmp_path):
     writer = indexed.IndexedWriter(prefix, np.uint16)
     writer.add_document([1, 2, 3])
     writer.close()
-    assert sorted(os.listdir(tmp_path)) == [f".ds.bin.{os.getpid()}.tmp", f".ds.idx.{os.getpid()}.tmp"]
+    host = socket.gethostname()
+    assert sorted(os.listdir(tmp_path)) == [f".ds.bin.{host}.{os.getpid()}.tmp", f".ds.idx.{host}.{os.getpid()}.tmp"]
     writer.discard()
     assert os.listdir(tmp_path) == []
 

@@ -25,7 +25,8 @@ def test_multi_node_flags(tmp_path):
                   "train.seq_length=32768", "train.global_batch_size=32", "train.micro_batch_size=1")
     layout = validate(cfg)
     cmd = torchrun_command(cfg, nproc_per_node(cfg, layout), tmp_path, 29400)
-    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--nnodes=8", "--nproc-per-node=8",
+    assert cmd == [sys.executable, "-m", "mixexp.torchrun", str(tmp_path / "errors" / "exits.node3.json"),
+                   "--nnodes=8", "--nproc-per-node=8",
                    "--node-rank=3", "--master-addr=node0", "--master-port=29400", "--max-restarts=0",
                    "--monitor-interval=0.5", "-m", "mixexp.worker", str(tmp_path)]
 

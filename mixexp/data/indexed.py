@@ -31,7 +31,10 @@ renamed into place by :func:`commit`, so an interrupted run never leaves a
 from __future__ import annotations
 
 import os
+import re
+import socket
 import struct
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -70,8 +73,37 @@ def idx_path(prefix: str) -> str:
 
 
 def _temp_name(path: str) -> str:
+    """``.NAME.HOST.PID.tmp`` beside ``path``: the writer is named, so its leftovers can be recognized."""
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{os.getpid()}.tmp")
+    return os.path.join(head, f".{tail}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str) -> list[str]:
+    """Remove the temporary files of ``path`` left by dead writers on this host (a killed run);
+    returns them. Live writers' and other hosts' files are left alone."""
+    head, tail = os.path.split(path)
+    pattern = re.compile(rf"^\.{re.escape(tail)}\.(?:(?P<host>.+)\.)?(?P<pid>\d+)\.tmp$")
+    removed = []
+    for name in os.listdir(head or "."):
+        match = pattern.match(name)
+        if match and match["host"] in (None, socket.gethostname()) and not _alive(int(match["pid"])):
+            stale = os.path.join(head, name)
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:  # another run removed it first
+                continue
+            removed.append(stale)
+    return removed
 
 
 def encode_index(
@@ -149,6 +181,9 @@ class IndexedWriter:
         self.idx_path = idx_path(prefix)
         self.tmp_bin_path = _temp_name(self.bin_path)
         self.tmp_idx_path = _temp_name(self.idx_path)
+        for output in (self.bin_path, self.idx_path):
+            for stale in remove_stale_temp_files(output):
+                print(f"preprocess: removed {stale}, left by a writer that is gone", file=sys.stderr)
         self._lengths = _Int64Buffer()
         self._doc_indices = _Int64Buffer([0])
         self._tokens = 0
@@ -265,3 +300,30 @@ def read_index_header(path: str) -> dict:
         "sequence_count": seq_count,
         "document_count": doc_count,
     }
+
+
+def dataset_problem(prefix: str) -> str | None:
+    """What makes ``PREFIX.bin``/``.idx`` unreadable, or None. Reads the header and the last entry only,
+    so it costs nothing on a dataset of any size."""
+    idx, bin_ = idx_path(prefix), bin_path(prefix)
+    missing = [p for p in (bin_, idx) if not os.path.isfile(p)]
+    if missing:
+        return f"{' and '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist"
+    try:
+        header = read_index_header(idx)
+    except (ValueError, KeyError, struct.error):
+        return f"{idx} is not a Megatron index (bad header)"
+    count, docs = header["sequence_count"], header["document_count"]
+    expected = HEADER_SIZE + 12 * count + 8 * docs
+    if os.path.getsize(idx) != expected:
+        return f"{idx} is corrupt: {os.path.getsize(idx)} bytes, its header implies {expected}"
+    if count:
+        with open(idx, "rb") as f:
+            f.seek(HEADER_SIZE + 4 * (count - 1))
+            (last_length,) = struct.unpack("<i", f.read(4))
+            f.seek(HEADER_SIZE + 4 * count + 8 * (count - 1))
+            (last_pointer,) = struct.unpack("<q", f.read(8))
+        need = last_pointer + last_length * header["dtype"].itemsize
+        if os.path.getsize(bin_) < need:
+            return f"{bin_} has {os.path.getsize(bin_)} bytes, its index needs {need} (truncated?)"
+    return None

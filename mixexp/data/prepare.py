@@ -38,11 +38,24 @@ def _raw_path(data_cfg) -> Path:
     return raw
 
 
+def _check_prefix(data_cfg) -> None:
+    """A missing, mismatched or truncated .bin/.idx is answered now, not by a rank after start-up."""
+    if data_cfg.kind != "indexed":  # instruction prefixes name three datasets: their loader checks them
+        return
+    from mixexp.data.indexed import dataset_problem
+
+    problem = dataset_problem(data_cfg.prefix)
+    if problem:
+        raise ConfigError(f"data.prefix={data_cfg.prefix}: {problem}; point it at files written by preprocess.py "
+                          f"(PREFIX.bin and PREFIX.idx)")
+
+
 def prepare_data(data_cfg, seq_length: int) -> str | None:
     """Preprocess the raw input on first use; returns the prefix the workers read (None: synthetic)."""
     if data_cfg.kind == "synthetic":
         return None
     if data_cfg.prefix:
+        _check_prefix(data_cfg)
         return data_cfg.prefix
     from mixexp.data.outputs import output_prefixes
 

@@ -22,7 +22,9 @@ JSON lines), ``.csv`` or ``.txt`` (one document per non-blank line, column
 ``text``) file, or a directory of them (recursively, in sorted order). Every format
 is streamed: parquet in record batches (pyarrow), CSV with pyarrow's streaming
 reader, JSON lines and text in byte blocks, JSON arrays object by object, so
-memory stays bounded on inputs larger than RAM.
+memory stays bounded on inputs larger than RAM: by the chunks in flight and by the
+largest single document, which is tokenized whole (about 50 bytes of memory per
+byte of text: 1.6 GB for one 30 MB document; split such documents beforehand).
 
 Outputs (Megatron-LM / MindSpeed-LLM names, see :mod:`mixexp.data.indexed`):
   pretrain  ``{PREFIX}_{key}_document.bin/.idx`` per key (uint16 tokens when the
@@ -111,6 +113,9 @@ def preprocess(
     if not output_prefix:
         raise PreprocessError("output_prefix is required (e.g. output_prefix=data/my_corpus)")
     output_prefix = os.fspath(output_prefix)
+    if output_prefix.endswith(("/", os.sep)):  # would write DIR/_text_document.bin
+        raise PreprocessError(f"output_prefix={output_prefix} ends with a directory separator; name the files, "
+                              f"e.g. output_prefix={os.path.join(output_prefix, 'corpus')}")
     workers = int(workers)
     if workers < 1:
         raise PreprocessError(f"workers must be at least 1, got {workers}")

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 from mixexp.data import handlers as H
 from mixexp.data.readers import MAX_EXAMPLES, SKIP_HINT, Chunk
 from mixexp.data.records import MISSING, check_value, records
+from mixexp.lifetime import die_with_parent
 
 
 @dataclass
@@ -44,7 +45,7 @@ def start_workers(workers: int, spec: H.HandlerSpec, tokenizer, skip_bad_rows: b
     if workers <= 1:
         _init_worker(spec, tokenizer, skip_bad_rows, in_process=True)
         return None
-    return _start_pool(workers, (spec, tokenizer, skip_bad_rows))
+    return _start_pool(workers, (spec, tokenizer, skip_bad_rows, False, os.getpid()))
 
 
 def run_ordered(chunks: Iterable[Chunk], pool) -> Iterator[ChunkResult]:
@@ -105,9 +106,12 @@ def process_chunk(chunk: Chunk) -> ChunkResult:
     return result
 
 
-def _init_worker(spec: H.HandlerSpec, tokenizer, skip_bad_rows: bool, in_process: bool = False) -> None:
+def _init_worker(spec: H.HandlerSpec, tokenizer, skip_bad_rows: bool, in_process: bool = False,
+                 parent_pid: int | None = None) -> None:
     if not in_process:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler, inherited by fork
+        die_with_parent(parent_pid)  # a killed preprocess.py takes its workers with it
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _WORKER.clear()
     _WORKER.update(spec=spec, tokenizer=tokenizer, skip=skip_bad_rows)
