@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test clean
+.PHONY: setup train test clean slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -18,6 +18,13 @@ train: setup
 
 test: setup
 	$(PY) -m pytest $(ARGS)
+
+# A real one-host SLURM cluster for tests/test_slurm.py (as root: installs Debian's packages, starts the daemons).
+slurm-up:
+	bash tests/slurm/cluster.sh up
+
+slurm-down:
+	bash tests/slurm/cluster.sh down
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache
