@@ -75,6 +75,12 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _ignore_usr2() -> None:
+    """In the child before exec: SLURM signals every process of a job step, torchrun and the workers
+    too, and SIGUSR2 would kill them unsaved. Only the launcher acts on it (a stop request for all)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, grace_s: float = GRACE_S) -> int:
     """Run `cmd` in its own session until it ends; returns its exit code.
 
@@ -83,7 +89,7 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, g
     by line and handed over (stdout and stderr merged).
     """
     pipe = subprocess.PIPE if on_line else None
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=pipe,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_ignore_usr2, stdout=pipe,
                             stderr=subprocess.STDOUT if on_line else None, text=True, errors="replace", bufsize=1)
     stop = {}
 

@@ -49,3 +49,15 @@ def test_submitit_local_runs_the_pickled_job(tmp_path):
     summary = json.loads((sweep / "0_tp8_pp2_cp4" / "summary.json").read_text())
     assert summary["status"] == "dry_run" and summary["world_size"] == 64
     assert list(sweep.glob(".submitit/*/*_result.pkl")), "no result pickle: the job did not run through submitit"
+
+
+def test_slurm_without_slurm_is_one_line(tmp_path):
+    """No SLURM commands on PATH: exit 1 and one line naming the cause, before anything starts."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = run_train("-m", "hydra/launcher=slurm", "train.iters=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                       env={"PATH": str(empty)}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ['error: SubmissionError: submitting to SLURM failed: Could not detect "srun", '
+                     'are you indeed on a slurm cluster?'], result.stderr
