@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-mindspeed train test clean
+.PHONY: setup setup-mindspeed train test clean slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -23,6 +23,13 @@ train: setup
 
 test: setup
 	$(PY) -m pytest $(ARGS)
+
+# A real one-host SLURM cluster for tests/test_slurm.py (as root: installs Debian's packages, starts the daemons).
+slurm-up:
+	bash tests/slurm/cluster.sh up
+
+slurm-down:
+	bash tests/slurm/cluster.sh down
 
 clean:
 	rm -rf $(VENV) outputs multirun .cache

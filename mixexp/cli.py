@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import re
 import sys
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -98,27 +99,69 @@ class _HeldStderr(io.StringIO):
             self.real.flush()
 
 
-def hydra_entry(config_name: str, job: str) -> None:
-    module, func = job.split(":")
+_held: _HeldStderr | None = None
 
-    @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)
-    def main(cfg) -> None:
-        global _exit_code, _job_started
-        if not _job_started:
-            _job_started = True
-            held.real.write(held.getvalue())
+
+def jobs_starting() -> None:
+    """The command line was accepted: let stderr through (also called by launchers that submit the jobs
+    elsewhere, such as mixexp.slurm_launcher, so a sweep's own output is not held until its end)."""
+    global _job_started
+    if not _job_started:
+        _job_started = True
+        if _held is not None:
+            _held.real.write(_held.getvalue())
+
+
+def record_exit(code: int) -> None:
+    """A job's exit code; the sweep exits with the worst. (Launchers call it for jobs run elsewhere.)"""
+    global _exit_code
+    _exit_code = max(_exit_code, code)
+
+
+class Task:
+    """What Hydra runs for each job: `module:function` called with the job's config.
+
+    A module-level class, not a closure, so that submitit (hydra/launcher=slurm, submitit_local)
+    pickles it by reference: a closure is pickled by value with everything it captures (the held
+    stderr and its real stream), which cannot be pickled.
+    """
+
+    def __init__(self, job: str):
+        self.job = job
+
+    def __call__(self, cfg) -> int:
+        jobs_starting()
+        module, func = self.job.split(":")
         code = getattr(importlib.import_module(module), func)(cfg)
-        _exit_code = max(_exit_code, code)
+        record_exit(code)
         if code and not _is_multirun():
             sys.exit(code)
+        return code
 
-    held = _HeldStderr(sys.stderr)
+
+def _traceback_cause(captured: str) -> str | None:
+    """An exception Hydra reported outside a job (a launcher failing to submit): its last line names it."""
+    lines = [ln.strip() for ln in captured.splitlines() if ln.strip()]
+    if "Traceback (most recent call last):" not in lines:
+        return None
+    lines = [ln for ln in lines if not ln.startswith("Set the environment variable HYDRA_FULL_ERROR")]
+    return re.sub(r"^(?:\w+\.)+(?=\w+: )", "", lines[-1]) if lines else None  # the exception's bare name
+
+
+def hydra_entry(config_name: str, job: str) -> None:
+    global _held
+    main = hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(Task(job))
+    held = _held = _HeldStderr(sys.stderr)
     try:
         with redirect_stderr(held):
             main()
     except SystemExit as exc:
-        if exc.code == 1 and not _job_started:  # Hydra rejected the command line
-            print(f"error: {_hydra_error_line(held.getvalue())}", file=sys.stderr)
+        if exc.code == 1 and not _job_started:
+            cause = _traceback_cause(held.getvalue())
+            if cause:  # an error outside any job, e.g. while submitting: the run failed
+                print(f"error: {cause}", file=sys.stderr)
+                sys.exit(1)
+            print(f"error: {_hydra_error_line(held.getvalue())}", file=sys.stderr)  # Hydra rejected the command line
             sys.exit(2)
         if not _job_started:
             sys.stderr.write(held.getvalue())

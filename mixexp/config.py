@@ -227,3 +227,12 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+def _register_resolvers() -> None:
+    from mixexp.slurm_resources import register_resolvers
+
+    register_resolvers()
+
+
+_register_resolvers()

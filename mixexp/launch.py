@@ -84,6 +84,18 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _child_setup():
+    """In the child before exec: die with the launcher, and ignore SIGUSR2. SLURM signals every process of
+    a job step, torchrun and the workers too, and SIGUSR2 would kill them unsaved; only the launcher acts
+    on it (a stop request for all)."""
+    die_with_parent = die_with_parent_preexec()
+
+    def setup() -> None:
+        die_with_parent()
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    return setup
+
+
 def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, grace_s: float = GRACE_S) -> int:
     """Run `cmd` in its own session until it ends; returns its exit code.
 
@@ -93,7 +105,7 @@ def supervise(cmd: list[str], env: dict, cwd: str | None = None, on_line=None, g
     """
     pipe = subprocess.PIPE if on_line else None
     # Its own session (to signal its group), yet it dies with us: a kill -9 of the launcher leaves nothing.
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=die_with_parent_preexec(),
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=_child_setup(),
                             stdout=pipe, stderr=subprocess.STDOUT if on_line else None, text=True, errors="replace",
                             bufsize=1)
     stop = {}
