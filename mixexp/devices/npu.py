@@ -208,8 +208,14 @@ def stack() -> dict:
     from mixexp.devices import versions
 
     args = get_args()
-    features = sorted(f.feature_name for f in MindSpeedFeaturesManager.FEATURES_LIST
-                      if not f.default_patches and f.is_need_apply(args))
+
+    def applied(feature) -> bool:
+        # MindSpeed core_r0.16.0's fused-permute feature returns a tuple `(on, None)`, which is always truthy.
+        answer = feature.is_need_apply(args)
+        return bool(answer[0] if isinstance(answer, tuple) else answer)
+
+    features = sorted({f.feature_name for f in MindSpeedFeaturesManager.FEATURES_LIST
+                       if not f.default_patches and applied(f)})
     return {"torch": torch.__version__, "megatron_core": package_info.__version__,
             "mindspeed": versions.mindspeed_version(), "mindspeed_commit": versions.mindspeed_commit(),
             "megatron_lm": versions.megatron_lm_version(), "torch_npu": torch_npu.__version__,
