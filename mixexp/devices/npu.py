@@ -5,7 +5,8 @@ and it reads its switches (fused kernels, CP algorithm, MoE options, optimizatio
 from `sys.argv` at that moment. So `prepare(cfg)` does, in this order:
 
 1. check that torch_npu, CANN, MindSpeed and a Megatron-LM checkout are installed
-   (one ConfigError naming what is missing and how to install it: docs/npu.md);
+   (one ConfigError naming what is missing and how to install it: docs/npu.md), and that
+   torch is the one torch_npu was built for (`npu_versions`);
 2. set the NPU environment (PYTORCH_NPU_ALLOC_CONF, HCCL timeouts) unless already set;
 3. `import torch`, `import torch_npu` (its transfer_to_npu maps torch.cuda to the NPU);
 4. put the config's Megatron/MindSpeed arguments (`mixexp.megatron_args.render`) into
@@ -25,6 +26,7 @@ import os
 import sys
 from typing import Mapping
 
+from mixexp.devices.npu_versions import check_torch_pairing
 from mixexp.errors import ConfigError
 
 CANN_DEFAULT_ROOT = "/usr/local/Ascend"
@@ -80,6 +82,7 @@ def check_installation(environ: Mapping[str, str] = os.environ, default_root: st
     missing = missing_components(environ, default_root, search_path)
     if missing:
         raise ConfigError(f"hardware.device=npu needs {', '.join(missing)}: {INSTALL}")
+    check_torch_pairing()
 
 
 def npu_env(cfg) -> dict[str, str]:
