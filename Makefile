@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e '.[test]'
 	touch $(STAMP)
 
 # MindSpeed + Megatron-LM for hardware=ascend_rehearsal (MINDSPEED_SRC=, MEGATRON_LM_SRC=: a directory

@@ -3,8 +3,8 @@
 megatron-core's local spec runs experts as SequentialMLP: a Python loop over
 expert MLP modules, each its own linear layers and autograd nodes. Here the
 experts' weights are two stacked tensors and the dispatcher's tokens (already
-sorted by expert) go through two `torch.nn.functional.grouped_mm` calls, with
-the SwiGLU and the routing probabilities applied once over all tokens.
+sorted by expert) go through two `torch.nn.functional.grouped_mm` calls (a loop
+of matmuls on a torch without it), with the SwiGLU and the routing probabilities applied once over all tokens.
 
 To everything outside the forward pass it looks like SequentialMLP:
 `sharded_state_dict` yields the same global keys, shapes, offsets and replica
@@ -28,6 +28,9 @@ from megatron.core.transformer.utils import make_sharded_object_for_checkpoint
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Rows of x grouped by expert (group e: sizes[e] rows) times each expert's weight [out, in]."""
+    if not hasattr(F, "grouped_mm"):
+        # A torch without grouped_mm (the Ascend stack's 2.7.1): one matmul per expert, the same product.
+        return torch.cat([rows @ w.transpose(0, 1) for rows, w in zip(torch.split(x, sizes.tolist()), weight)])
     offsets = torch.cumsum(sizes, 0, dtype=torch.int32)
     return F.grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
 

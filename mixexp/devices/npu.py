@@ -5,7 +5,8 @@ and it reads its switches (fused kernels, CP algorithm, MoE options, optimizatio
 from `sys.argv` at that moment. So `prepare(cfg)` does, in this order:
 
 1. check that torch_npu, CANN, MindSpeed and a Megatron-LM checkout are installed
-   (one ConfigError naming what is missing and how to install it: docs/npu.md);
+   (one ConfigError naming what is missing and how to install it: docs/npu.md), and that
+   torch is the one torch_npu was built for (`npu_versions`);
 2. set the NPU environment (PYTORCH_NPU_ALLOC_CONF, HCCL timeouts) unless already set;
 3. `import torch`, `import torch_npu` (its transfer_to_npu maps torch.cuda to the NPU);
 4. put the config's Megatron/MindSpeed arguments (`mixexp.megatron_args.render`) into
@@ -29,6 +30,7 @@ import os
 import sys
 from typing import Mapping
 
+from mixexp.devices.npu_versions import check_torch_pairing
 from mixexp.errors import ConfigError
 
 CANN_DEFAULT_ROOT = "/usr/local/Ascend"
@@ -95,6 +97,8 @@ def check_installation(environ: Mapping[str, str] = os.environ, default_root: st
     if rehearsal and _module_found("torch_npu"):
         raise ConfigError("hardware.rehearsal=true on a machine with a real torch_npu: the CPU stand-in never "
                           "shadows it; run with hardware=ascend_910b there, or rehearse where torch_npu is absent")
+    if not rehearsal:
+        check_torch_pairing()
 
 
 def npu_env(cfg) -> dict[str, str]:
