@@ -37,7 +37,7 @@ LAYOUT_KEYS = ("tp", "pp", "ep", "cp", "dp", "vpp")
 METRIC_KEYS = ("tokens_per_sec_per_device", "tokens_per_sec", "step_time_s", "tflops_per_device", "mfu",
                "peak_memory_gb", "first_loss", "final_loss", "world_size", "params_total", "params_per_rank_max")
 CSV_COLUMNS = ("rank", "label", "status", "tokens_per_sec_per_device", "ratio_to_best", *METRIC_KEYS[1:],
-               *LAYOUT_KEYS, "error", "job", "overrides")
+               "threads", *LAYOUT_KEYS, "error", "job", "overrides")
 
 
 class CompareError(Exception):
@@ -92,6 +92,8 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         row.update(status="failed", error=problem)
     else:
         row.update({k: summary.get(k) for k in METRIC_KEYS})
+        threads = summary.get("cpu_threads")  # per rank, CPU runs only
+        row["threads"] = sum(threads) if isinstance(threads, list) and all(map(_is_number, threads)) else None
         layout = summary.get("layout") or {}
         row.update({k: layout.get(k) for k in LAYOUT_KEYS})
         row["status"] = summary.get("status") or "failed"
@@ -203,6 +205,17 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if _is_number(value) else "-"
 
 
+def threads_note(rows: list[dict[str, Any]]) -> str | None:
+    """What the title says about CPU threads: the same for every job, or which jobs differ."""
+    counts = {r["label"]: r["threads"] for r in rows if _is_number(r["threads"])}
+    if not counts:
+        return None
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} CPU threads per job"
+    listed = ", ".join(f"{label} {n}" for label, n in counts.items())
+    return f"CPU threads differ between jobs ({listed}): not comparable, set hardware.cpu_threads"
+
+
 def render_table(rows: list[dict[str, Any]], title: str) -> Any:
     """A rich Table: one row per job, in rank order; failed jobs carry their reason.
 
@@ -211,7 +224,9 @@ def render_table(rows: list[dict[str, Any]], title: str) -> Any:
     from rich.table import Table
 
     dry = any(r["status"] == "dry_run" for r in rows)
+    threads = any(_is_number(r["threads"]) for r in rows)
     numeric = ["tok/s/dev", "vs best", "step s", "TFLOP/s/dev", "MFU", "peak GB", "final loss"]
+    numeric += ["threads"] if threads else []
     table = Table(title=title, title_justify="left")
     table.add_column("#")
     table.add_column("layout")
@@ -223,6 +238,8 @@ def render_table(rows: list[dict[str, Any]], title: str) -> Any:
         cells = [str(r["rank"]), r["label"], _fmt(r["tokens_per_sec_per_device"], ",.1f"), ratio,
                  _fmt(r["step_time_s"], ".3f"), _fmt(r["tflops_per_device"], ".3g"), _fmt(r["mfu"], ".1%"),
                  _fmt(r["peak_memory_gb"], ".2f"), _fmt(r["final_loss"], ".4f")]
+        if threads:
+            cells.append(_fmt(r["threads"], "d"))
         if dry:
             params = r["params_per_rank_max"]
             cells.append(f"{params / 1e9:.2f}B" if _is_number(params) else "-")
@@ -306,7 +323,7 @@ def compare(sweep_dir: str | os.PathLike, *, wandb: bool | None = None, show: bo
     sweep = Path(sweep_dir)
     rows = collect_rows(sweep)
     name = "/".join(p for p in sweep.resolve().parts[-2:] if p != "/")
-    title = f"{name}: {len(rows)} jobs, ranked by tokens/s per device"
+    title = "; ".join(filter(None, [f"{name}: {len(rows)} jobs, ranked by tokens/s per device", threads_note(rows)]))
     write_csv(rows, sweep / "comparison.csv")
     write_png(rows, sweep / "comparison.png", title)
     if show:

@@ -95,6 +95,9 @@ class HardwareConfig:
     # workspaces); None: by device kind in mixexp.memory.
     runtime_overhead_gb: Optional[float] = None
     bf16_supported: bool = True
+    # CPU only: torch threads of the whole job, split evenly over its ranks (set before torch starts),
+    # so that the jobs of a comparison get the same CPU; None: the CPUs this process may run on.
+    cpu_threads: Optional[int] = None
 
 
 @dataclass

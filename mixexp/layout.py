@@ -9,6 +9,7 @@ is imported, so a bad layout is answered at once.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -179,6 +180,10 @@ def validate(cfg: Any) -> Layout:
     # Hardware.
     if t.precision == "bf16":
         _check(cfg.hardware.bf16_supported, f"train.precision=bf16 is not supported on hardware={cfg.hardware.name}")
+    threads, cpus = cfg.hardware.get("cpu_threads"), len(os.sched_getaffinity(0))
+    if threads is not None and cfg.hardware.device == "cpu":  # torch caps a process at the CPUs it may use
+        _check(1 <= threads <= cpus, f"hardware.cpu_threads={threads} must be between 1 and the {cpus} CPUs "
+                                     f"this machine lets us use (or null: all of them)")
     if devices_per_node(cfg) is None and cfg.cluster.nnodes > 1:
         _divides("cluster.nnodes", cfg.cluster.nnodes, "the layout's world size", layout.world_size)
     _check(0 <= cfg.cluster.node_rank < cfg.cluster.nnodes,

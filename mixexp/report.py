@@ -9,7 +9,7 @@ from pathlib import Path
 
 SUMMARY_KEYS = ("status", "error", "layout", "world_size", "params_total", "params_per_rank_max",
                 "tokens_per_sec", "tokens_per_sec_per_device", "step_time_s", "tflops_per_device", "mfu",
-                "peak_memory_gb", "first_loss", "final_loss")
+                "peak_memory_gb", "first_loss", "final_loss", "cpu_threads")
 
 
 def write_json_atomic(path: Path, obj) -> None:

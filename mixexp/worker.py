@@ -33,6 +33,16 @@ def _memory_gb(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
+def _cpu_threads_per_rank() -> list[int]:
+    """The torch threads each rank got: what a comparison of CPU layouts holds equal per job."""
+    import torch
+    import torch.distributed as dist
+
+    threads = [None] * dist.get_world_size()
+    dist.all_gather_object(threads, torch.get_num_threads())
+    return threads
+
+
 def _quiet_known_warnings() -> None:
     """megatron-core warns at import about optional fused kernels; say it once in the README instead."""
     for pattern in ("Transformer Engine and Apex are not installed", "Apex is not installed",
@@ -95,6 +105,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     torch.manual_seed(cfg.train.seed)
     timeout = timedelta(seconds=cfg.train.collective_timeout_s)
     dist.init_process_group(cfg.hardware.backend, timeout=timeout)
+    cpu_threads = _cpu_threads_per_rank() if device == "cpu" else None
 
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.utils import get_model_config
@@ -180,6 +191,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
         summary = write_summary(run_dir, status="preempted" if preempted else "ok", layout=layout.as_dict(),
                                 world_size=world, params_total=params_total(cfg.model, vocab),
                                 params_per_rank_max=int(local_params.item()),
+                                cpu_threads=cpu_threads,
                                 **summarize(writer.rows, t.warmup_steps))
         if tracker:
             tracker.finish(summary, summary["status"])
