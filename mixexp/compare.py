@@ -103,10 +103,14 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 
 
 def _layout_label(row: dict[str, Any], overrides: list[str], job_dir: Path) -> str:
-    """The layout's name (`tp2_pp2`, `single`); without a layout, the job's `parallel=` choice."""
+    """The layout's name (`tp2_pp2`, `single`); without one (an invalid layout), the name of the layout the
+    job asked for, which its directory carries after the job number (`0_tp3`), else its `parallel=` choice."""
     degrees = {k: row[k] for k in LAYOUT_KEYS if isinstance(row[k], int)}
     if degrees:  # summaries leave out etp: name it as Megatron's default (etp = tp)
         return Layout(**{"etp": degrees.get("tp", 1), **degrees}).name
+    number, sep, requested = job_dir.name.partition("_")
+    if number.isdigit() and sep and requested:
+        return requested
     for key, value in map(_split_override, overrides):
         if key == "parallel":
             return value

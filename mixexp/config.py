@@ -205,6 +205,16 @@ class RootConfig:
     npu: NpuConfig = field(default_factory=NpuConfig)
 
 
+def _register_resolvers() -> None:
+    """`${layout_name:}`: the run directory and the sweep job directory name the layout that runs."""
+    from omegaconf import OmegaConf
+
+    from mixexp.layout import layout_name
+
+    if not OmegaConf.has_resolver("layout_name"):
+        OmegaConf.register_new_resolver("layout_name", lambda *, _root_: layout_name(_root_))
+
+
 def register_configs() -> None:
     """Register the schemas; YAML files extend them through their defaults list."""
     cs = ConfigStore.instance()
@@ -220,3 +230,4 @@ def register_configs() -> None:
 
 
 register_configs()
+_register_resolvers()

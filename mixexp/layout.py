@@ -189,3 +189,14 @@ def validate(cfg: Any) -> Layout:
     _check(0 <= cfg.cluster.node_rank < cfg.cluster.nnodes,
            f"cluster.node_rank={cfg.cluster.node_rank} must be in [0, cluster.nnodes={cfg.cluster.nnodes})")
     return layout
+
+
+def layout_name(cfg: Any) -> str:
+    """The name of the layout a config runs (`tp2_pp2`), from its degrees, not from `parallel.name`:
+    `parallel=single parallel.tp=3` is `tp3`. An invalid layout is named by the degrees it asks for."""
+    try:
+        return Layout.from_config(cfg).name
+    except ConfigError:
+        p = cfg.parallel
+        return Layout(tp=p.tp, pp=p.pp, ep=p.ep, etp=p.tp if p.etp is None else p.etp, cp=p.cp,
+                      dp=p.dp or 1, vpp=p.vpp).name
