@@ -31,7 +31,6 @@ from mixexp.config import RootConfig
 from mixexp.errors import ConfigError
 from mixexp.layout import Layout, LayoutError, validate, world_size
 
-REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("model", "parallel", "train", "hardware", "cluster")
 
 
@@ -40,8 +39,9 @@ class PlanSettings:
     search: bool = True  # false: evaluate exactly the composed layout
     top_n: int = 10
     output: Optional[str] = None  # JSON file: one object per evaluated layout
-    emit_sweep: Optional[str] = None  # write the top N as sweeps/sweep/NAME.yaml
-    sweep_dir: Optional[str] = None  # where emitted sweeps go; None: the repository's sweeps/
+    emit_sweep: Optional[str] = None  # write the top N as SWEEP_DIR/sweep/NAME.yaml
+    # Where emitted sweeps go: a user directory, never the package (train.py searches ./conf_local).
+    sweep_dir: str = "conf_local"
     explain: bool = False  # time and memory breakdown of the top layouts
     max_micro_batch_size: int = 4
     recompute: list[str] = field(default_factory=lambda: ["none", "selective", "full"])
@@ -248,6 +248,13 @@ def top(result: PlanResult, n: int, distinct: bool) -> list[Evaluated]:
     return chosen
 
 
+def run_sweep_command(name: str, sweep_dir: Path) -> str:
+    """How to run an emitted sweep: train.py searches ./conf_local; any other directory is named."""
+    if sweep_dir == Path("conf_local"):
+        return f"python train.py +sweep={name}, from this directory"
+    return f"python train.py +sweep={name} 'hydra.searchpath=[file://{sweep_dir.resolve()}]'"
+
+
 def run_plan(cfg) -> int:
     """The Hydra job behind `python -m mixexp.plan`; returns the exit code."""
     from mixexp import plan_report
@@ -270,9 +277,9 @@ def run_plan(cfg) -> int:
         if not fitting:
             print("error: no layout fits in memory; no sweep written", file=sys.stderr)
             return 1
-        sweep_dir = Path(settings.sweep_dir) if settings.sweep_dir else REPO / "sweeps"
+        sweep_dir = Path(settings.sweep_dir)
         path = plan_report.emit_sweep(settings.emit_sweep, base, fitting, sweep_dir)
-        print(f"[plan] sweep written: {path}  (run: python train.py +sweep={settings.emit_sweep})")
+        print(f"[plan] sweep written: {path}  (run: {run_sweep_command(settings.emit_sweep, sweep_dir)})")
     return 0
 
 

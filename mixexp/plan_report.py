@@ -107,7 +107,7 @@ def _layout_yaml(name: str, ev, comment: str) -> str:
 
 
 def emit_sweep(name: str, cfg, best: list, sweep_dir: Path) -> Path:
-    """sweeps/sweep/NAME.yaml runs the layouts, each a `parallel` option in sweeps/parallel/NAME_<i>.yaml.
+    """SWEEP_DIR/sweep/NAME.yaml runs the layouts, each a `parallel` option in SWEEP_DIR/parallel/NAME_<i>.yaml.
 
     A layout is a tuple (tp, pp, ..., micro batch, recompute); Hydra's sweeper multiplies
     the values of separate keys, so each tuple becomes one `parallel` option (with the
