@@ -200,3 +200,16 @@ def layout_name(cfg: Any) -> str:
         p = cfg.parallel
         return Layout(tp=p.tp, pp=p.pp, ep=p.ep, etp=p.tp if p.etp is None else p.etp, cp=p.cp,
                       dp=p.dp or 1, vpp=p.vpp).name
+
+
+def distributed_optimizer_default(cfg: Any) -> bool:
+    """On accelerators wherever it shards something, as Megatron's large runs use it: it splits the fp32
+    master weights and Adam states over the data-parallel ranks, which with context parallelism are dp*cp
+    (Megatron's dp-cp group); at dp*cp = 1 it is the plain optimizer. Off on CPU (CPU keeps its own)."""
+    if cfg.hardware.device == "cpu":
+        return False
+    try:
+        layout = Layout.from_config(cfg)
+    except ConfigError:  # an invalid layout: validate() says why
+        return False
+    return layout.dp * layout.cp > 1
