@@ -247,8 +247,9 @@ def render_table(rows: list[dict[str, Any]], title: str) -> Any:
         if dry:
             params = r["params_per_rank_max"]
             cells.append(f"{params / 1e9:.2f}B" if _is_number(params) else "-")
-        cells.append(r["status"] if r["status"] != "failed" else f"failed: {_short(r['error'], 120)}")
-        table.add_row(*cells, style="red" if r["status"] == "failed" else ("bold" if r["rank"] == 1 else None))
+        bad = r["status"] in ("failed", "does_not_fit")
+        cells.append(f"{r['status'].replace('_', ' ')}: {_short(r['error'], 160)}" if bad else r["status"])
+        table.add_row(*cells, style="red" if bad else ("bold" if r["rank"] == 1 else None))
     return table
 
 
@@ -277,7 +278,8 @@ def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax_tps.set_xlabel("tokens/s per device (higher is better)")
     top = max(tps, default=0) or 1
     for i, (v, f, q, err) in enumerate(zip(tps, failed, ratio, errors)):
-        text = f"failed: {_short(err, 60)}" if f else (f"{v:,.1f}  ({q:.2f}x)" if _is_number(q) else "no throughput")
+        text = f"failed: {_short(err, 60)}" if f else (f"{v:,.1f}  ({q:.2f}x)" if _is_number(q) else
+                                                       (f"does not fit: {_short(err, 60)}" if err else "no throughput"))
         ax_tps.text(v + top * 0.01, i, text, va="center", fontsize=9)
     ax_tps.set_xlim(0, top * 1.35)
 

@@ -20,9 +20,9 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def write_summary(run_dir, **fields) -> dict:
-    """summary.json with exactly the contract's keys; `error` only when the run failed."""
+    """summary.json with exactly the contract's keys; `error` only when the run failed (or does not fit)."""
     summary = {k: fields.get(k) for k in SUMMARY_KEYS}
-    if summary["status"] != "failed":
+    if summary["status"] not in ("failed", "does_not_fit"):
         summary.pop("error")
     write_json_atomic(Path(run_dir) / "summary.json", summary)
     return summary

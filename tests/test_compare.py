@@ -198,3 +198,17 @@ def test_modules_import_without_wandb_matplotlib_rich():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_row_that_does_not_fit_says_by_how_much(tmp_path: Path):
+    advice = "needs 70.3 GB per device of 64.0 GB (6.3 GB over); fits with train.recompute=full (48.7 GB)"
+    make_job(tmp_path, "0_tp8_pp2_cp4", ["parallel=tp8_pp2_cp4"],
+             {"status": "does_not_fit", "error": advice, "layout": {"tp": 8, "pp": 2, "ep": 1, "cp": 4, "dp": 1,
+                                                                    "vpp": 1},
+              "world_size": 64, "params_per_rank_max": 2_919_501_824, "peak_memory_gb": 70.3})
+    make_job(tmp_path, "1_tp8_cp4", ["parallel=tp8_cp4"], {**summary(tp=8, cp=4), "status": "dry_run"})
+    rows = cmp.compare(tmp_path, wandb=False)
+    assert [(r["label"], r["status"], r["error"]) for r in rows] == \
+        [("tp8_cp4", "dry_run", None), ("tp8_pp2_cp4", "does_not_fit", advice)]
+    status_cells = list(cmp.render_table(rows, "t").columns[-1].cells)
+    assert status_cells == ["dry_run", f"does not fit: {advice}"]
