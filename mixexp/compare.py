@@ -173,6 +173,46 @@ def collect_rows(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+WORKLOAD_KEYS = ("model.name", "train.seq_length", "train.global_batch_size", "hardware.name", "train.precision",
+                 "hardware.memory_gb")
+
+
+def workload(job_dirs: Iterable[Path]) -> dict[str, list[Any]]:
+    """What the jobs ran (model, sequence, batch, hardware, precision, device memory), from their
+    .hydra/config.yaml: each key's distinct values, and the date of the first job."""
+    from omegaconf import OmegaConf
+
+    values: dict[str, list[Any]] = {k: [] for k in WORKLOAD_KEYS}
+    dates = []
+    for job_dir in job_dirs:
+        path = job_dir / ".hydra" / "config.yaml"
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception:  # noqa: BLE001 - a job without a readable config tells nothing
+            continue
+        dates.append(path.stat().st_mtime)
+        for key in WORKLOAD_KEYS:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+            if value is not None and value not in values[key]:
+                values[key].append(value)
+    if dates:
+        import datetime
+
+        values["date"] = [datetime.date.fromtimestamp(min(dates)).isoformat()]
+    return values
+
+
+def workload_title(values: dict[str, list[Any]]) -> str:
+    """`mixtral_tiny, seq 128, global batch 8, cpu, fp32, 2026-12-08` (a|b where the jobs differ)."""
+    def show(key: str, prefix: str = "") -> str | None:
+        found = values.get(key) or []
+        return prefix + "|".join(map(str, found)) if found else None
+
+    parts = [show("model.name"), show("train.seq_length", "seq "), show("train.global_batch_size", "global batch "),
+             show("hardware.name"), show("train.precision"), show("date")]
+    return ", ".join(p for p in parts if p)
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -253,8 +293,9 @@ def render_table(rows: list[dict[str, Any]], title: str) -> Any:
     return table
 
 
-def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Two panels sharing the layout axis: tokens/s per device and peak memory per device."""
+def write_png(rows: list[dict[str, Any]], path: Path, title: str, capacity_gb: float | None = None) -> Any:
+    """Two panels sharing the layout axis: tokens/s per device and peak memory per device, the device's
+    capacity marked. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,11 +330,17 @@ def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for i, v in enumerate(mem):
         if v:
             ax_mem.text(v + top_mem * 0.01, i, f"{v:.2f}", va="center", fontsize=9)
+    if capacity_gb:
+        ax_mem.axvline(capacity_gb, color="#b00000", linestyle="--", linewidth=1)
+        ax_mem.text(capacity_gb, len(rows) - 0.5, f" device capacity {capacity_gb:g} GB", color="#b00000",
+                    fontsize=8, va="bottom", ha="right" if capacity_gb >= top_mem else "left")
+        top_mem = max(top_mem, capacity_gb)
     ax_mem.set_xlim(0, top_mem * 1.25)
     for ax in (ax_tps, ax_mem):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
+    return fig
 
 
 # ---------------------------------------------------------------------------- W&B
@@ -329,9 +376,12 @@ def compare(sweep_dir: str | os.PathLike, *, wandb: bool | None = None, show: bo
     sweep = Path(sweep_dir)
     rows = collect_rows(sweep)
     name = "/".join(p for p in sweep.resolve().parts[-2:] if p != "/")
+    what = workload(find_job_dirs(sweep))
     title = "; ".join(filter(None, [f"{name}: {len(rows)} jobs, ranked by tokens/s per device", threads_note(rows)]))
+    title = "\n".join(filter(None, [title, workload_title(what)]))
+    capacity = what["hardware.memory_gb"][0] if len(what["hardware.memory_gb"]) == 1 else None
     write_csv(rows, sweep / "comparison.csv")
-    write_png(rows, sweep / "comparison.png", title)
+    write_png(rows, sweep / "comparison.png", title, capacity)
     if show:
         from rich.console import Console
 

@@ -32,6 +32,7 @@ from mixexp.errors import ConfigError
 from mixexp.layout import Layout, LayoutError, validate, world_size
 
 SECTIONS = ("model", "parallel", "train", "hardware", "cluster")
+TIGHT_HEADROOM = 0.05  # a layout that leaves less of the device's memory free is flagged
 
 
 @dataclass
@@ -123,6 +124,12 @@ class Evaluated:
         return self.memory["total_gb"] <= self.cfg.hardware.memory_gb
 
     @property
+    def tight(self) -> bool:
+        """Fits with less than TIGHT_HEADROOM of the device's memory to spare: the estimate's error, allocator
+        fragmentation or a longer sample can push it over."""
+        return self.fits and self.memory["total_gb"] > (1 - TIGHT_HEADROOM) * self.cfg.hardware.memory_gb
+
+    @property
     def name(self) -> str:
         return layout_name(self.cfg, self.layout)
 
@@ -139,6 +146,7 @@ class Evaluated:
             "memory_gb_per_device": self.memory["total_gb"],
             "memory": self.memory,
             "fits": self.fits,
+            "tight": self.tight,
             "predicted_step_time_s": self.time.step_time_s,
             "predicted_tokens_per_sec_per_device": self.time.tokens_per_sec_per_device,
             "predicted_mfu": self.time.mfu,

@@ -260,3 +260,18 @@ def test_emitted_sweeps_go_to_conf_local_which_train_py_searches(tmp_path, monke
         assert sweep.hydra.sweeper.params.parallel == "mine_1,mine_2"
         job = compose("train", overrides=["+sweep=mine", "parallel=mine_1"])
     assert validate(job).world_size == 4
+
+
+def test_a_layout_with_under_5_percent_headroom_is_flagged():
+    from mixexp.plan_report import layouts_table
+
+    seed = ["model=mixtral_8x7b", "hardware=ascend_910b", "cluster.nnodes=8", "parallel=tp8_pp2_cp4",
+            "train.seq_length=32768", "train.global_batch_size=32", "train.micro_batch_size=1", "plan.search=false"]
+    (tight,) = single(plain(compose_plan(*seed, "parallel.distributed_optimizer=false"))).ranked
+    (roomy,) = single(plain(compose_plan(*seed))).ranked  # the distributed optimizer over dp*cp = 4
+    assert round(tight.memory["total_gb"], 1) == 63.8 and round(roomy.memory["total_gb"], 1) == 39.4
+    assert (tight.fits, tight.tight, roomy.tight) == (True, True, False)
+    assert tight.record()["tight"] is True
+    fits_column = [c for c in layouts_table([tight, roomy], "t").columns if c.header == "fits"][0]
+    free = 100 * (1 - tight.memory["total_gb"] / 64)
+    assert list(fits_column.cells) == [f"tight ({free:.1f}% free)", "yes"] and f"{free:.1f}" == "0.3"
