@@ -110,6 +110,16 @@ def _divides(small_name: str, small: int, big_name: str, big: int) -> None:
     _check(big % small == 0, f"{small_name}={small} does not divide {big_name}={big}")
 
 
+def _dp_source(cfg: Any, layout: Layout) -> str:
+    """Where a derived dp came from, for messages that name it."""
+    world = world_size(cfg)
+    if cfg.parallel.dp is not None or world is None:
+        return ""
+    return (f" (dp={layout.dp} derived: cluster.nnodes={cfg.cluster.nnodes} x {devices_per_node(cfg)} devices per "
+            f"node of hardware={cfg.hardware.name} / tp*pp*cp={world // layout.dp}; set cluster.devices_per_node "
+            f"or parallel.dp)")
+
+
 def validate(cfg: Any) -> Layout:
     """Derive the layout and check every rule; raises LayoutError on the first violation."""
     layout = Layout.from_config(cfg)
@@ -171,8 +181,9 @@ def validate(cfg: Any) -> Layout:
         _divides("parallel.tp*parallel.cp", p.tp * p.cp, "train.seq_length", t.seq_length)
 
     # Batch.
-    _divides("train.micro_batch_size*dp", t.micro_batch_size * layout.dp,
-             "train.global_batch_size", t.global_batch_size)
+    _check(t.global_batch_size % (t.micro_batch_size * layout.dp) == 0,
+           f"train.micro_batch_size*dp={t.micro_batch_size * layout.dp} does not divide train.global_batch_size="
+           f"{t.global_batch_size}{_dp_source(cfg, layout)}")
     microbatches = t.global_batch_size // (t.micro_batch_size * layout.dp)
     if p.vpp > 1:
         _divides("parallel.pp", p.pp, "the number of micro-batches (global_batch/(micro_batch*dp))", microbatches)
