@@ -43,11 +43,20 @@ def _cpu_threads_per_rank() -> list[int]:
     return threads
 
 
-def _quiet_known_warnings() -> None:
+# Warnings each rank would print alike: the reporting rank prints them, the others stay quiet.
+EVERY_RANK_WARNINGS = (r"`torch\.distributed\.\w+` is deprecated", r"The \.grad attribute of a Tensor that is not a leaf")
+
+
+def _quiet_known_warnings(device: str, reporting: bool) -> None:
     """megatron-core warns at import about optional fused kernels; say it once in the README instead."""
     for pattern in ("Transformer Engine and Apex are not installed", "Apex is not installed",
                     "full scope is deprecated", ".*Transformer Engine.*", ".*grouped_gemm.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    if device == "cpu":  # CPU has no hardware queues to order
+        warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS")
+    if not reporting:
+        for pattern in EVERY_RANK_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
 
 
 def _wandb(cfg, layout, world: int, run_dir: Path):
@@ -95,8 +104,8 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     layout = validate(cfg)
     # Installed first: a SIGTERM while the model is built still ends with a saved step.
     stop = StopFlag(run_dir / "errors") if cfg.ckpt.save_on_preempt else None
-    _quiet_known_warnings()
     device = cfg.hardware.device
+    _quiet_known_warnings(device, reporting=rank == world - 1)
     devices.prepare(device, cfg)
 
     import torch

@@ -33,10 +33,17 @@ def test_summary_without_mfu_when_no_peak_is_known():
     assert summarize(rows, warmup_steps=0)["mfu"] is None
 
 
-def test_dp2_run_reports_numbers_by_their_definitions(tmp_path):
+@pytest.fixture(scope="module")
+def dp2_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("dp2")
     result = run_train("parallel=dp2", "data=synthetic", "train.iters=4", "train.warmup_steps=1",
-                       f"hydra.run.dir={tmp_path}")
+                       f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_dp2_run_reports_numbers_by_their_definitions(dp2_run):
+    tmp_path, _ = dp2_run
     summary = json.loads((tmp_path / "summary.json").read_text())
     steady = [r["step_time_s"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["step"] > 1]
     assert len(steady) == 3 and len(set(steady)) == 3  # real steps differ: mean of rates != rate of mean
@@ -48,3 +55,11 @@ def test_dp2_run_reports_numbers_by_their_definitions(tmp_path):
     tflops = 8 * 128 / mean_step / 2 * TINY_FLOPS_PER_TOKEN_SEQ128 / 1e12
     assert summary["tflops_per_device"] == pytest.approx(tflops, rel=1e-9)
     assert summary["mfu"] == pytest.approx(tflops * 1e12 / CPU_PEAK_FP32, rel=1e-9)
+
+
+def test_warnings_every_rank_prints_appear_once(dp2_run):
+    _, result = dp2_run
+    for message in ("`torch.distributed.reduce_scatter_tensor` is deprecated",
+                    "`torch.distributed.all_gather_into_tensor` is deprecated",
+                    "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed"):
+        assert result.stderr.count(message) == 1, message
