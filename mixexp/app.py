@@ -121,7 +121,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         render(cfg)
 
     from mixexp import ckpt_dirs
-    from mixexp.data.prepare import prepare_data
+    from mixexp.data.prepare import check_sample_lengths, prepare_data
     from mixexp.launch import first_error, launch
 
     ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered before launching
@@ -129,6 +129,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.hardware.device == "cuda":
         check_gpus(cfg, nproc_per_node(cfg, layout))
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
+    note = check_sample_lengths(cfg.data, prefix, cfg.train.seq_length)
+    if note:
+        print(note, flush=True)
     code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))
     summary_path = run_dir / "summary.json"
     if code == 0 and summary_path.exists():

@@ -265,3 +265,9 @@ def read_index_header(path: str) -> dict:
         "sequence_count": seq_count,
         "document_count": doc_count,
     }
+
+
+def read_sequence_lengths(path: str) -> np.ndarray:
+    """The token count of every sequence of an ``.idx`` file (int32, right after the header)."""
+    count = read_index_header(path)["sequence_count"]
+    return np.fromfile(path, dtype=np.int32, count=count, offset=HEADER_SIZE)
