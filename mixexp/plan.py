@@ -101,7 +101,7 @@ def candidates(base: Node, world: int, plan):
                         for vpp in divisors(m.num_layers):
                             for mbs in range(1, mbs_max + 1):
                                 yield base.copy_with(
-                                    parallel=dict(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, vpp=vpp, dp=None,
+                                    parallel=dict(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, vpp=vpp, dp=world // (tp * pp * cp),
                                                   distributed_optimizer=do),
                                     train=dict(micro_batch_size=mbs, recompute=first_recompute))
 
