@@ -59,10 +59,55 @@ def failed_summary(run_dir: Path, cfg, error: str, layout: Layout | None = None)
                          world_size=layout.world_size if layout else None)
 
 
+def unknown_keys(node, schema, prefix: str = "") -> list[str]:
+    """Keys of the composed config that no schema declares (`+nosuchkey=1` adds one without complaint)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    found = []
+    for key in node:
+        if key not in hints:
+            found.append(prefix + str(key))
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+            found += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return found
+
+
+def check_known_keys(cfg) -> None:
+    from mixexp.config import RootConfig
+    from mixexp.errors import ConfigError
+
+    unknown = unknown_keys(cfg, RootConfig)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}: no config group declares it (a typo? `python train.py --cfg "
+                          f"job` lists every key)")
+
+
+def check_gpus(cfg, ranks: int) -> None:
+    """CUDA torch, enough GPUs and bf16, asked in a short subprocess (this process never imports torch)."""
+    import subprocess
+    import sys
+
+    from mixexp.errors import ConfigError
+
+    proc = subprocess.run([sys.executable, "-m", "mixexp.devices.cuda", str(ranks), cfg.train.precision],
+                          capture_output=True, text=True)
+    if proc.returncode == 2:
+        raise ConfigError(proc.stderr.strip().splitlines()[-1])
+
+
+def rank_config_error(error: str | None) -> str | None:
+    """A rank that stopped on a ConfigError (what only the device could tell): its message, else None."""
+    marker = ": ConfigError: "
+    return error.split(marker, 1)[1] if error and error.startswith("rank ") and marker in error else None
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one job; raises ConfigError for what the user must fix. Returns summary.json's content."""
     import json
 
+    check_known_keys(cfg)
     layout = validate(cfg)
     if cfg.train.dry_run:
         from mixexp.dryrun import dry_run_in_subprocess
@@ -79,19 +124,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         render(cfg)
 
     from mixexp import ckpt_dirs
-    from mixexp.data.prepare import prepare_data
+    from mixexp.data.prepare import check_sample_lengths, prepare_data
     from mixexp.launch import launch, root_cause
 
     load_path, _ = ckpt_dirs.resolve(cfg.ckpt, run_dir)  # a wrong ckpt.load is a config error, answered here
     if load_path and cfg.ckpt.verify:
         ckpt_dirs.check_sizes(load_path)  # a truncated or missing file too (contents: by the ranks)
 
+    if cfg.hardware.device == "cuda":
+        check_gpus(cfg, nproc_per_node(cfg, layout))
     prefix = prepare_data(cfg.data, cfg.train.seq_length)
+    note = check_sample_lengths(cfg.data, prefix, cfg.train.seq_length)
+    if note:
+        print(note, flush=True)
     code = launch(worker_config(cfg, layout, prefix), run_dir, nproc_per_node(cfg, layout))
     summary_path = run_dir / "summary.json"
     if code == 0 and summary_path.exists():
         return json.loads(summary_path.read_text())
     error = root_cause(run_dir) or f"torchrun exited with code {code}"
-    if ": ConfigError: " in error:  # a rank found the config cannot do what it says (NPU switch checks)
-        raise ConfigError(error.replace(": ConfigError: ", ": ", 1))
+    if rank_config_error(error):  # what only a rank could tell (the NPU switch checks, the GPUs it sees)
+        raise ConfigError(rank_config_error(error))
     return failed_summary(run_dir, cfg, error, layout)

@@ -59,6 +59,9 @@ def run_job(cfg) -> int:
     if summary.get("status") in ("failed", "diverged"):
         print(f"error: run {summary['status']}: {summary['error']}", file=sys.stderr, flush=True)
         return 1
+    if summary.get("status") == "does_not_fit":
+        print(f"error: does not fit: {summary['error']}", file=sys.stderr, flush=True)
+        return 1
     print(f"[mixexp] summary: {run_dir / 'summary.json'}", flush=True)
     return 0
 

@@ -37,7 +37,7 @@ LAYOUT_KEYS = ("tp", "pp", "ep", "cp", "dp", "vpp")
 METRIC_KEYS = ("tokens_per_sec_per_device", "tokens_per_sec", "step_time_s", "tflops_per_device", "mfu",
                "peak_memory_gb", "first_loss", "final_loss", "world_size", "params_total", "params_per_rank_max")
 CSV_COLUMNS = ("rank", "label", "status", "tokens_per_sec_per_device", "ratio_to_best", *METRIC_KEYS[1:],
-               *LAYOUT_KEYS, "error", "job", "overrides")
+               "threads", *LAYOUT_KEYS, "error", "job", "overrides")
 
 
 class CompareError(Exception):
@@ -92,6 +92,8 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         row.update(status="failed", error=problem)
     else:
         row.update({k: summary.get(k) for k in METRIC_KEYS})
+        threads = summary.get("cpu_threads")  # per rank, CPU runs only
+        row["threads"] = sum(threads) if isinstance(threads, list) and all(map(_is_number, threads)) else None
         layout = summary.get("layout") or {}
         row.update({k: layout.get(k) for k in LAYOUT_KEYS})
         row["status"] = summary.get("status") or "failed"
@@ -101,10 +103,14 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 
 
 def _layout_label(row: dict[str, Any], overrides: list[str], job_dir: Path) -> str:
-    """The layout's name (`tp2_pp2`, `single`); without a layout, the job's `parallel=` choice."""
+    """The layout's name (`tp2_pp2`, `single`); without one (an invalid layout), the name of the layout the
+    job asked for, which its directory carries after the job number (`0_tp3`), else its `parallel=` choice."""
     degrees = {k: row[k] for k in LAYOUT_KEYS if isinstance(row[k], int)}
     if degrees:  # summaries leave out etp: name it as Megatron's default (etp = tp)
         return Layout(**{"etp": degrees.get("tp", 1), **degrees}).name
+    number, sep, requested = job_dir.name.partition("_")
+    if number.isdigit() and sep and requested:
+        return requested
     for key, value in map(_split_override, overrides):
         if key == "parallel":
             return value
@@ -167,6 +173,46 @@ def collect_rows(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+WORKLOAD_KEYS = ("model.name", "train.seq_length", "train.global_batch_size", "hardware.name", "train.precision",
+                 "hardware.memory_gb")
+
+
+def workload(job_dirs: Iterable[Path]) -> dict[str, list[Any]]:
+    """What the jobs ran (model, sequence, batch, hardware, precision, device memory), from their
+    .hydra/config.yaml: each key's distinct values, and the date of the first job."""
+    from omegaconf import OmegaConf
+
+    values: dict[str, list[Any]] = {k: [] for k in WORKLOAD_KEYS}
+    dates = []
+    for job_dir in job_dirs:
+        path = job_dir / ".hydra" / "config.yaml"
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception:  # noqa: BLE001 - a job without a readable config tells nothing
+            continue
+        dates.append(path.stat().st_mtime)
+        for key in WORKLOAD_KEYS:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+            if value is not None and value not in values[key]:
+                values[key].append(value)
+    if dates:
+        import datetime
+
+        values["date"] = [datetime.date.fromtimestamp(min(dates)).isoformat()]
+    return values
+
+
+def workload_title(values: dict[str, list[Any]]) -> str:
+    """`mixtral_tiny, seq 128, global batch 8, cpu, fp32, 2026-12-08` (a|b where the jobs differ)."""
+    def show(key: str, prefix: str = "") -> str | None:
+        found = values.get(key) or []
+        return prefix + "|".join(map(str, found)) if found else None
+
+    parts = [show("model.name"), show("train.seq_length", "seq "), show("train.global_batch_size", "global batch "),
+             show("hardware.name"), show("train.precision"), show("date")]
+    return ", ".join(p for p in parts if p)
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -203,6 +249,17 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec) if _is_number(value) else "-"
 
 
+def threads_note(rows: list[dict[str, Any]]) -> str | None:
+    """What the title says about CPU threads: the same for every job, or which jobs differ."""
+    counts = {r["label"]: r["threads"] for r in rows if _is_number(r["threads"])}
+    if not counts:
+        return None
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} CPU threads per job"
+    listed = ", ".join(f"{label} {n}" for label, n in counts.items())
+    return f"CPU threads differ between jobs ({listed}): not comparable, set hardware.cpu_threads"
+
+
 def render_table(rows: list[dict[str, Any]], title: str) -> Any:
     """A rich Table: one row per job, in rank order; failed jobs carry their reason.
 
@@ -211,7 +268,9 @@ def render_table(rows: list[dict[str, Any]], title: str) -> Any:
     from rich.table import Table
 
     dry = any(r["status"] == "dry_run" for r in rows)
+    threads = any(_is_number(r["threads"]) for r in rows)
     numeric = ["tok/s/dev", "vs best", "step s", "TFLOP/s/dev", "MFU", "peak GB", "final loss"]
+    numeric += ["threads"] if threads else []
     table = Table(title=title, title_justify="left")
     table.add_column("#")
     table.add_column("layout")
@@ -223,16 +282,20 @@ def render_table(rows: list[dict[str, Any]], title: str) -> Any:
         cells = [str(r["rank"]), r["label"], _fmt(r["tokens_per_sec_per_device"], ",.1f"), ratio,
                  _fmt(r["step_time_s"], ".3f"), _fmt(r["tflops_per_device"], ".3g"), _fmt(r["mfu"], ".1%"),
                  _fmt(r["peak_memory_gb"], ".2f"), _fmt(r["final_loss"], ".4f")]
+        if threads:
+            cells.append(_fmt(r["threads"], "d"))
         if dry:
             params = r["params_per_rank_max"]
             cells.append(f"{params / 1e9:.2f}B" if _is_number(params) else "-")
-        cells.append(r["status"] if r["status"] != "failed" else f"failed: {_short(r['error'], 120)}")
-        table.add_row(*cells, style="red" if r["status"] == "failed" else ("bold" if r["rank"] == 1 else None))
+        bad = r["status"] in ("failed", "diverged", "does_not_fit")
+        cells.append(f"{r['status'].replace('_', ' ')}: {_short(r['error'], 160)}" if bad else r["status"])
+        table.add_row(*cells, style="red" if bad else ("bold" if r["rank"] == 1 else None))
     return table
 
 
-def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Two panels sharing the layout axis: tokens/s per device and peak memory per device."""
+def write_png(rows: list[dict[str, Any]], path: Path, title: str, capacity_gb: float | None = None) -> Any:
+    """Two panels sharing the layout axis: tokens/s per device and peak memory per device, the device's
+    capacity marked. Returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,7 +319,8 @@ def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax_tps.set_xlabel("tokens/s per device (higher is better)")
     top = max(tps, default=0) or 1
     for i, (v, f, q, err) in enumerate(zip(tps, failed, ratio, errors)):
-        text = f"failed: {_short(err, 60)}" if f else (f"{v:,.1f}  ({q:.2f}x)" if _is_number(q) else "no throughput")
+        text = f"failed: {_short(err, 60)}" if f else (f"{v:,.1f}  ({q:.2f}x)" if _is_number(q) else
+                                                       (f"does not fit: {_short(err, 60)}" if err else "no throughput"))
         ax_tps.text(v + top * 0.01, i, text, va="center", fontsize=9)
     ax_tps.set_xlim(0, top * 1.35)
 
@@ -266,11 +330,17 @@ def write_png(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for i, v in enumerate(mem):
         if v:
             ax_mem.text(v + top_mem * 0.01, i, f"{v:.2f}", va="center", fontsize=9)
+    if capacity_gb:
+        ax_mem.axvline(capacity_gb, color="#b00000", linestyle="--", linewidth=1)
+        ax_mem.text(capacity_gb, len(rows) - 0.5, f" device capacity {capacity_gb:g} GB", color="#b00000",
+                    fontsize=8, va="bottom", ha="right" if capacity_gb >= top_mem else "left")
+        top_mem = max(top_mem, capacity_gb)
     ax_mem.set_xlim(0, top_mem * 1.25)
     for ax in (ax_tps, ax_mem):
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
+    return fig
 
 
 # ---------------------------------------------------------------------------- W&B
@@ -306,9 +376,12 @@ def compare(sweep_dir: str | os.PathLike, *, wandb: bool | None = None, show: bo
     sweep = Path(sweep_dir)
     rows = collect_rows(sweep)
     name = "/".join(p for p in sweep.resolve().parts[-2:] if p != "/")
-    title = f"{name}: {len(rows)} jobs, ranked by tokens/s per device"
+    what = workload(find_job_dirs(sweep))
+    title = "; ".join(filter(None, [f"{name}: {len(rows)} jobs, ranked by tokens/s per device", threads_note(rows)]))
+    title = "\n".join(filter(None, [title, workload_title(what)]))
+    capacity = what["hardware.memory_gb"][0] if len(what["hardware.memory_gb"]) == 1 else None
     write_csv(rows, sweep / "comparison.csv")
-    write_png(rows, sweep / "comparison.png", title)
+    write_png(rows, sweep / "comparison.png", title, capacity)
     if show:
         from rich.console import Console
 

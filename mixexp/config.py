@@ -7,6 +7,7 @@ or launched. Pure Python: no torch here.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -55,7 +56,8 @@ class ParallelConfig:
     sequence_parallel: Optional[bool] = None
     cp_algo: str = "megatron_cp_algo"
     dispatcher: str = "alltoall"
-    distributed_optimizer: bool = False
+    # Default: on accelerators wherever it shards something (dp*cp > 1); off on CPU.
+    distributed_optimizer: bool = "${distributed_optimizer_default:}"  # type: ignore[assignment]
 
 
 @dataclass
@@ -97,6 +99,13 @@ class HardwareConfig:
     # workspaces); None: by device kind in mixexp.memory.
     runtime_overhead_gb: Optional[float] = None
     bf16_supported: bool = True
+    # CPU only: torch threads of the whole job, split evenly over its ranks (set before torch starts),
+    # so that the jobs of a comparison get the same CPU; None: the CPUs this process may run on.
+    cpu_threads: Optional[int] = None
+    # What train.precision and train.collective_timeout_s default to here: CPU fp32 and 2 minutes,
+    # accelerators bf16 and Megatron's 10 minutes. The train.* keys override them.
+    default_precision: str = "fp32"
+    default_collective_timeout_s: int = 120
 
 
 @dataclass
@@ -145,19 +154,14 @@ class TrainSettings:
     micro_batch_size: int = 2
     seq_length: int = 128
     seed: int = 1234
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "${hardware.default_precision}"  # fp32 | bf16
     recompute: str = "none"  # none | selective | full
     log_interval: int = 1
     dry_run: bool = False
     # Steps left out of throughput averages (first steps pay for warm-up).
     warmup_steps: int = 2
     # Timeout of every collective; a hung peer fails the job instead of waiting forever.
-    collective_timeout_s: int = 120
-    # A NaN/Inf loss or gradient: stop (the run ends at that step, status "diverged", exit 1) or
-    # skip (that update is dropped, as Megatron does for a bad step; the run still ends as diverged
-    # after more than train.max_consecutive_skips bad steps in a row).
-    on_nan: str = "stop"
-    max_consecutive_skips: int = 5
+    collective_timeout_s: int = "${hardware.default_collective_timeout_s}"  # type: ignore[assignment]
     # Fault injection, to check that a failing rank ends the whole job: rank `fault_rank`
     # raises (fault=raise), stops answering (fault=hang) or makes its forward output NaN
     # (fault=nan, for train.on_nan) at step `fault_step`.
@@ -212,6 +216,26 @@ class RootConfig:
     npu: NpuConfig = field(default_factory=NpuConfig)
 
 
+# conf_local/ (train.yaml's search path for user sweeps and layouts) need not exist.
+warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf_local is not available")
+
+
+def _register_resolvers() -> None:
+    """`${layout_name:}`: the run directory and the sweep job directory name the layout that runs.
+    `${distributed_optimizer_default:}`: parallel.distributed_optimizer unless it is set."""
+    from omegaconf import OmegaConf
+
+    from mixexp.layout import distributed_optimizer_default, layout_name
+    from mixexp.slurm_resources import register_resolvers
+
+    register_resolvers()  # the SLURM launcher's resources from the hardware config
+    if not OmegaConf.has_resolver("layout_name"):
+        OmegaConf.register_new_resolver("layout_name", lambda *, _root_: layout_name(_root_))
+    if not OmegaConf.has_resolver("distributed_optimizer_default"):
+        OmegaConf.register_new_resolver("distributed_optimizer_default",
+                                        lambda *, _root_: distributed_optimizer_default(_root_))
+
+
 def register_configs() -> None:
     """Register the schemas; YAML files extend them through their defaults list."""
     cs = ConfigStore.instance()
@@ -227,12 +251,4 @@ def register_configs() -> None:
 
 
 register_configs()
-
-
-def _register_resolvers() -> None:
-    from mixexp.slurm_resources import register_resolvers
-
-    register_resolvers()
-
-
 _register_resolvers()

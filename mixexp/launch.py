@@ -62,10 +62,21 @@ def torchrun_command(cfg, nproc_per_node: int, run_dir: Path, master_port: int) 
             *torchrun_args, "-m", "mixexp.worker", str(run_dir)]
 
 
+def cpu_threads_per_rank(cfg, nproc_per_node: int) -> int:
+    """hardware.cpu_threads (default: the CPUs we may run on) split evenly over this node's ranks.
+
+    The job's total, not a per-process count, is what is fixed: a 1-rank and a 2-rank job of a
+    comparison then share the same CPU (2 threads, or 1 + 1). Fewer threads than ranks: 1 each.
+    """
+    total = cfg.hardware.cpu_threads or len(os.sched_getaffinity(0))
+    return max(1, total // nproc_per_node)
+
+
 def worker_env(cfg, nproc_per_node: int) -> dict:
     env = dict(os.environ)
-    if cfg.hardware.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc_per_node))
+    if cfg.hardware.device == "cpu":  # read by torch (OpenMP, MKL) when it starts in each rank
+        threads = str(cpu_threads_per_rank(cfg, nproc_per_node))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     env.setdefault("HCCL_CONNECT_TIMEOUT", str(cfg.train.collective_timeout_s))

@@ -9,6 +9,7 @@ is imported, so a bad layout is answered at once.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,6 +111,16 @@ def _divides(small_name: str, small: int, big_name: str, big: int) -> None:
     _check(big % small == 0, f"{small_name}={small} does not divide {big_name}={big}")
 
 
+def _dp_source(cfg: Any, layout: Layout) -> str:
+    """Where a derived dp came from, for messages that name it."""
+    world = world_size(cfg)
+    if cfg.parallel.dp is not None or world is None:
+        return ""
+    return (f" (dp={layout.dp} derived: cluster.nnodes={cfg.cluster.nnodes} x {devices_per_node(cfg)} devices per "
+            f"node of hardware={cfg.hardware.name} / tp*pp*cp={world // layout.dp}; set cluster.devices_per_node "
+            f"or parallel.dp)")
+
+
 def validate(cfg: Any) -> Layout:
     """Derive the layout and check every rule; raises LayoutError on the first violation."""
     layout = Layout.from_config(cfg)
@@ -171,8 +182,9 @@ def validate(cfg: Any) -> Layout:
         _divides("parallel.tp*parallel.cp", p.tp * p.cp, "train.seq_length", t.seq_length)
 
     # Batch.
-    _divides("train.micro_batch_size*dp", t.micro_batch_size * layout.dp,
-             "train.global_batch_size", t.global_batch_size)
+    _check(t.global_batch_size % (t.micro_batch_size * layout.dp) == 0,
+           f"train.micro_batch_size*dp={t.micro_batch_size * layout.dp} does not divide train.global_batch_size="
+           f"{t.global_batch_size}{_dp_source(cfg, layout)}")
     microbatches = t.global_batch_size // (t.micro_batch_size * layout.dp)
     if p.vpp > 1:
         _divides("parallel.pp", p.pp, "the number of micro-batches (global_batch/(micro_batch*dp))", microbatches)
@@ -180,9 +192,37 @@ def validate(cfg: Any) -> Layout:
     # Hardware.
     if t.precision == "bf16":
         _check(cfg.hardware.bf16_supported, f"train.precision=bf16 is not supported on hardware={cfg.hardware.name}")
+    threads, cpus = cfg.hardware.get("cpu_threads"), len(os.sched_getaffinity(0))
+    if threads is not None and cfg.hardware.device == "cpu":  # torch caps a process at the CPUs it may use
+        _check(1 <= threads <= cpus, f"hardware.cpu_threads={threads} must be between 1 and the {cpus} CPUs "
+                                     f"this machine lets us use (or null: all of them)")
     if devices_per_node(cfg) is None and cfg.cluster.nnodes > 1:
         _divides("cluster.nnodes", cfg.cluster.nnodes, "the layout's world size", layout.world_size)
     _check(0 <= cfg.cluster.node_rank < cfg.cluster.nnodes,
            f"cluster.node_rank={cfg.cluster.node_rank} must be in [0, cluster.nnodes={cfg.cluster.nnodes})")
     check_run_settings(cfg, layout.world_size)
     return layout
+
+
+def layout_name(cfg: Any) -> str:
+    """The name of the layout a config runs (`tp2_pp2`), from its degrees, not from `parallel.name`:
+    `parallel=single parallel.tp=3` is `tp3`. An invalid layout is named by the degrees it asks for."""
+    try:
+        return Layout.from_config(cfg).name
+    except ConfigError:
+        p = cfg.parallel
+        return Layout(tp=p.tp, pp=p.pp, ep=p.ep, etp=p.tp if p.etp is None else p.etp, cp=p.cp,
+                      dp=p.dp or 1, vpp=p.vpp).name
+
+
+def distributed_optimizer_default(cfg: Any) -> bool:
+    """On accelerators wherever it shards something, as Megatron's large runs use it: it splits the fp32
+    master weights and Adam states over the data-parallel ranks, which with context parallelism are dp*cp
+    (Megatron's dp-cp group); at dp*cp = 1 it is the plain optimizer. Off on CPU (CPU keeps its own)."""
+    if cfg.hardware.device == "cpu":
+        return False
+    try:
+        layout = Layout.from_config(cfg)
+    except ConfigError:  # an invalid layout: validate() says why
+        return False
+    return layout.dp * layout.cp > 1

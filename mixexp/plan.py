@@ -31,8 +31,8 @@ from mixexp.config import RootConfig
 from mixexp.errors import ConfigError
 from mixexp.layout import Layout, LayoutError, validate, world_size
 
-REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("model", "parallel", "train", "hardware", "cluster")
+TIGHT_HEADROOM = 0.05  # a layout that leaves less of the device's memory free is flagged
 
 
 @dataclass
@@ -40,8 +40,9 @@ class PlanSettings:
     search: bool = True  # false: evaluate exactly the composed layout
     top_n: int = 10
     output: Optional[str] = None  # JSON file: one object per evaluated layout
-    emit_sweep: Optional[str] = None  # write the top N as sweeps/sweep/NAME.yaml
-    sweep_dir: Optional[str] = None  # where emitted sweeps go; None: the repository's sweeps/
+    emit_sweep: Optional[str] = None  # write the top N as SWEEP_DIR/sweep/NAME.yaml
+    # Where emitted sweeps go: a user directory, never the package (train.py searches ./conf_local).
+    sweep_dir: str = "conf_local"
     explain: bool = False  # time and memory breakdown of the top layouts
     max_micro_batch_size: int = 4
     recompute: list[str] = field(default_factory=lambda: ["none", "selective", "full"])
@@ -100,7 +101,7 @@ def candidates(base: Node, world: int, plan):
                         for vpp in divisors(m.num_layers):
                             for mbs in range(1, mbs_max + 1):
                                 yield base.copy_with(
-                                    parallel=dict(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, vpp=vpp, dp=None,
+                                    parallel=dict(tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, vpp=vpp, dp=world // (tp * pp * cp),
                                                   distributed_optimizer=do),
                                     train=dict(micro_batch_size=mbs, recompute=first_recompute))
 
@@ -123,6 +124,12 @@ class Evaluated:
         return self.memory["total_gb"] <= self.cfg.hardware.memory_gb
 
     @property
+    def tight(self) -> bool:
+        """Fits with less than TIGHT_HEADROOM of the device's memory to spare: the estimate's error, allocator
+        fragmentation or a longer sample can push it over."""
+        return self.fits and self.memory["total_gb"] > (1 - TIGHT_HEADROOM) * self.cfg.hardware.memory_gb
+
+    @property
     def name(self) -> str:
         return layout_name(self.cfg, self.layout)
 
@@ -139,6 +146,7 @@ class Evaluated:
             "memory_gb_per_device": self.memory["total_gb"],
             "memory": self.memory,
             "fits": self.fits,
+            "tight": self.tight,
             "predicted_step_time_s": self.time.step_time_s,
             "predicted_tokens_per_sec_per_device": self.time.tokens_per_sec_per_device,
             "predicted_mfu": self.time.mfu,
@@ -248,6 +256,13 @@ def top(result: PlanResult, n: int, distinct: bool) -> list[Evaluated]:
     return chosen
 
 
+def run_sweep_command(name: str, sweep_dir: Path) -> str:
+    """How to run an emitted sweep: train.py searches ./conf_local; any other directory is named."""
+    if sweep_dir == Path("conf_local"):
+        return f"python train.py +sweep={name}, from this directory"
+    return f"python train.py +sweep={name} 'hydra.searchpath=[file://{sweep_dir.resolve()}]'"
+
+
 def run_plan(cfg) -> int:
     """The Hydra job behind `python -m mixexp.plan`; returns the exit code."""
     from mixexp import plan_report
@@ -270,9 +285,9 @@ def run_plan(cfg) -> int:
         if not fitting:
             print("error: no layout fits in memory; no sweep written", file=sys.stderr)
             return 1
-        sweep_dir = Path(settings.sweep_dir) if settings.sweep_dir else REPO / "sweeps"
+        sweep_dir = Path(settings.sweep_dir)
         path = plan_report.emit_sweep(settings.emit_sweep, base, fitting, sweep_dir)
-        print(f"[plan] sweep written: {path}  (run: python train.py +sweep={settings.emit_sweep})")
+        print(f"[plan] sweep written: {path}  (run: {run_sweep_command(settings.emit_sweep, sweep_dir)})")
     return 0
 
 

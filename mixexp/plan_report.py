@@ -22,6 +22,12 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _fits(ev) -> str:
+    if not ev.fits:
+        return "NO"
+    return f"tight ({100 * (1 - ev.memory['total_gb'] / ev.cfg.hardware.memory_gb):.1f}% free)" if ev.tight else "yes"
+
+
 def layouts_table(best: list, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("#", "tp", "pp", "ep", "etp", "cp", "dp", "vpp", "mbs", "recompute", "params/rank",
@@ -31,7 +37,7 @@ def layouts_table(best: list, title: str) -> Table:
         lay, t, time = ev.layout, ev.cfg.train, ev.time
         table.add_row(str(i), *(str(v) for v in (lay.tp, lay.pp, lay.ep, lay.etp, lay.cp, lay.dp, lay.vpp)),
                       str(t.micro_batch_size), t.recompute, f"{max(ev.params_by_stage) / 1e9:.2f}B",
-                      f"{ev.memory['total_gb']:.1f}", "yes" if ev.fits else "NO", f"{time.step_time_s:.2f}",
+                      f"{ev.memory['total_gb']:.1f}", _fits(ev), f"{time.step_time_s:.2f}",
                       f"{time.tokens_per_sec_per_device:,.0f}", _pct(time.mfu))
     return table
 
@@ -107,7 +113,7 @@ def _layout_yaml(name: str, ev, comment: str) -> str:
 
 
 def emit_sweep(name: str, cfg, best: list, sweep_dir: Path) -> Path:
-    """sweeps/sweep/NAME.yaml runs the layouts, each a `parallel` option in sweeps/parallel/NAME_<i>.yaml.
+    """SWEEP_DIR/sweep/NAME.yaml runs the layouts, each a `parallel` option in SWEEP_DIR/parallel/NAME_<i>.yaml.
 
     A layout is a tuple (tp, pp, ..., micro batch, recompute); Hydra's sweeper multiplies
     the values of separate keys, so each tuple becomes one `parallel` option (with the

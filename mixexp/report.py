@@ -10,7 +10,7 @@ from pathlib import Path
 
 SUMMARY_KEYS = ("status", "error", "layout", "world_size", "params_total", "params_per_rank_max",
                 "tokens_per_sec", "tokens_per_sec_per_device", "step_time_s", "tflops_per_device", "mfu",
-                "peak_memory_gb", "first_loss", "final_loss", "stack")
+                "peak_memory_gb", "first_loss", "final_loss", "cpu_threads", "stack")
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -20,7 +20,7 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-FAILED_STATUSES = ("failed", "diverged")  # the run did not do what was asked: exit code 1
+FAILED_STATUSES = ("failed", "diverged", "does_not_fit")  # the run did not do what was asked: exit code 1
 
 
 def json_number(value):
@@ -29,7 +29,7 @@ def json_number(value):
 
 
 def write_summary(run_dir, **fields) -> dict:
-    """summary.json with the contract's keys; `error` only when the run failed or diverged,
+    """summary.json with the contract's keys; `error` only when the run failed, diverged or does not fit,
     `skipped_steps` only when train.on_nan=skip dropped updates."""
     summary = {k: json_number(fields.get(k)) for k in SUMMARY_KEYS}
     if summary["status"] not in FAILED_STATUSES:

@@ -26,11 +26,30 @@ from mixexp.lifetime import die_with_parent
 WORKER_CONFIG = "worker_config.yaml"
 
 
-def _quiet_known_warnings() -> None:
+def _cpu_threads_per_rank() -> list[int]:
+    """The torch threads each rank got: what a comparison of CPU layouts holds equal per job."""
+    import torch
+    import torch.distributed as dist
+
+    threads = [None] * dist.get_world_size()
+    dist.all_gather_object(threads, torch.get_num_threads())
+    return threads
+
+
+# Warnings each rank would print alike: the reporting rank prints them, the others stay quiet.
+EVERY_RANK_WARNINGS = (r"`torch\.distributed\.\w+` is deprecated", r"The \.grad attribute of a Tensor that is not a leaf")
+
+
+def _quiet_known_warnings(device: str, reporting: bool) -> None:
     """megatron-core warns at import about optional fused kernels; say it once in the README instead."""
     for pattern in ("Transformer Engine and Apex are not installed", "Apex is not installed",
                     "full scope is deprecated", ".*Transformer Engine.*", ".*grouped_gemm.*"):
         warnings.filterwarnings("ignore", message=pattern)
+    if device == "cpu":  # CPU has no hardware queues to order
+        warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS")
+    if not reporting:
+        for pattern in EVERY_RANK_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
 
 
 def _wandb(cfg, layout, world: int, run_dir: Path):
@@ -98,8 +117,8 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     layout = validate(cfg)
     # Installed first: a SIGTERM while the model is built still ends with a saved step.
     stop = StopFlag(run_dir / "errors") if cfg.ckpt.save_on_preempt else None
-    _quiet_known_warnings()
     device = cfg.hardware.device
+    _quiet_known_warnings(device, reporting=rank == world - 1)
     devices.prepare(device, cfg)
 
     import torch
@@ -108,6 +127,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
     torch.manual_seed(cfg.train.seed)
     timeout = timedelta(seconds=cfg.train.collective_timeout_s)
     dist.init_process_group(cfg.hardware.backend, timeout=timeout)
+    cpu_threads = _cpu_threads_per_rank() if device == "cpu" else None
 
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.utils import get_model_config
@@ -216,6 +236,7 @@ def run(cfg, run_dir: Path, rank: int, world: int) -> None:
                                 layout=layout.as_dict(), world_size=world,
                                 params_total=params_total(cfg.model, vocab),
                                 params_per_rank_max=int(local_params.item()), stack=stack,
+                                cpu_threads=cpu_threads,
                                 **summarize(writer.rows, t.warmup_steps))
         if tracker:
             tracker.finish(summary, summary["status"])

@@ -198,3 +198,37 @@ def test_modules_import_without_wandb_matplotlib_rich():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_row_that_does_not_fit_says_by_how_much(tmp_path: Path):
+    advice = "needs 70.3 GB per device of 64.0 GB (6.3 GB over); fits with train.recompute=full (48.7 GB)"
+    make_job(tmp_path, "0_tp8_pp2_cp4", ["parallel=tp8_pp2_cp4"],
+             {"status": "does_not_fit", "error": advice, "layout": {"tp": 8, "pp": 2, "ep": 1, "cp": 4, "dp": 1,
+                                                                    "vpp": 1},
+              "world_size": 64, "params_per_rank_max": 2_919_501_824, "peak_memory_gb": 70.3})
+    make_job(tmp_path, "1_tp8_cp4", ["parallel=tp8_cp4"], {**summary(tp=8, cp=4), "status": "dry_run"})
+    rows = cmp.compare(tmp_path, wandb=False)
+    assert [(r["label"], r["status"], r["error"]) for r in rows] == \
+        [("tp8_cp4", "dry_run", None), ("tp8_pp2_cp4", "does_not_fit", advice)]
+    status_cells = list(cmp.render_table(rows, "t").columns[-1].cells)
+    assert status_cells == ["dry_run", f"does not fit: {advice}"]
+
+
+def test_the_picture_names_the_workload_and_marks_device_capacity(tmp_path: Path):
+    config = {"model": {"name": "mixtral_8x7b"}, "hardware": {"name": "ascend_910b", "memory_gb": 64.0,
+                                                              "default_precision": "bf16"},
+              "train": {"seq_length": 32768, "global_batch_size": 32, "precision": "${hardware.default_precision}"}}
+    for name, s in (("0_tp8_cp4", summary(tp=8, cp=4)), ("1_tp8_pp2_cp4", summary(tp=8, pp=2, cp=4))):
+        job = make_job(tmp_path, name, [f"parallel={name.split('_', 1)[1]}"], s)
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    import datetime
+    import os
+
+    os.utime(tmp_path / "0_tp8_cp4" / ".hydra" / "config.yaml", (0, 1_780_000_000))  # the first job's date
+    what = cmp.workload(cmp.find_job_dirs(tmp_path))
+    assert cmp.workload_title(what) == \
+        f"mixtral_8x7b, seq 32768, global batch 32, ascend_910b, bf16, {datetime.date.fromtimestamp(1_780_000_000)}"
+    fig = cmp.write_png(cmp.collect_rows(tmp_path), tmp_path / "c.png", "title", capacity_gb=64.0)
+    capacity_line = fig.axes[1].lines[0]
+    assert list(capacity_line.get_xdata()) == [64.0, 64.0]
+    assert any(t.get_text() == " device capacity 64 GB" for t in fig.axes[1].texts)

@@ -125,7 +125,7 @@ SEED_GOLDEN = """\
 --bf16
 --no-check-for-nan-in-loss-and-grad
 --distributed-backend nccl
---distributed-timeout-minutes 2
+--distributed-timeout-minutes 10
 --context-parallel-algo megatron_cp_algo
 --use-cp-send-recv-overlap
 --use-flash-attn
@@ -182,14 +182,13 @@ def test_mindspeed_llm_layout_differs_from_the_seed_only_in_pipeline_stages():
 
 def test_the_issue_command_yields_the_scripts_model_layout_and_npu_flags():
     """Without the experiment's schedule: model, layout and fused-op flags as the script has them;
-    batch, schedule and precision follow train.* and optim.* (the defaults here)."""
+    batch and schedule follow train.* and optim.* (the defaults here), precision the accelerator's default."""
     ours = as_dict(render(compose(["model=mixtral_8x7b", "parallel=tp8_pp2_cp4", "hardware=ascend_910b",
                                    "cluster.nnodes=8"])))
     script = script_args()
     script["--pipeline-model-parallel-size"] = "2"
     schedule = {"--seq-length", "--micro-batch-size", "--global-batch-size", "--train-iters", "--lr", "--min-lr",
-                "--lr-decay-iters", "--lr-warmup-iters", "--bf16", "--moe-grouped-gemm",
-                "--use-distributed-optimizer", "--overlap-param-gather"}
+                "--lr-decay-iters", "--lr-warmup-iters"}
     io = {"--tokenizer-type", "--tokenizer-model", "--save", "--data-path", "--split", "--log-interval",
           "--save-interval", "--eval-interval", "--eval-iters"}
     for flag, value in script.items():
@@ -197,10 +196,10 @@ def test_the_issue_command_yields_the_scripts_model_layout_and_npu_flags():
             continue
         assert flag in ours and same_value(ours[flag], value), flag
     assert (ours["--seq-length"], ours["--global-batch-size"], ours["--lr"]) == ("128", "8", "0.0003")
-    # fp32 and no distributed optimizer: param-gather overlap follows them (off). Grouped GEMM follows the
-    # experts on NPU whatever the precision (MindSpeed's npu_gmm takes fp32; test_rehearsal runs it).
-    assert not {"--bf16", "--use-distributed-optimizer", "--overlap-param-gather"} & set(ours)
-    assert "--moe-grouped-gemm" in ours
+    # The accelerator defaults: bf16, the distributed optimizer (dp*cp = 4 shards), Megatron's 10-minute
+    # timeout; grouped GEMM and param-gather overlap follow bf16 and the distributed optimizer, as in the script.
+    assert {"--bf16", "--moe-grouped-gemm", "--use-distributed-optimizer", "--overlap-param-gather"} <= set(ours)
+    assert ours["--distributed-timeout-minutes"] == "10"
 
 
 # --- every flag is one Megatron-LM core_r0.8.0 or MindSpeed accepts -----------------------------

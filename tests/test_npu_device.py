@@ -165,7 +165,7 @@ def test_import_order_and_argv_with_stand_in_modules(tmp_path):
     assert seen["calls"] == [["parse_args", rendered, True], ["validate_args"]]
     assert seen["global_args"] == {"argv": rendered}
     # The NPU environment, without overriding what the launcher or user already set.
-    assert seen["env"] == {"PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True", "HCCL_CONNECT_TIMEOUT": "120",
+    assert seen["env"] == {"PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True", "HCCL_CONNECT_TIMEOUT": "600",
                            "HCCL_EXEC_TIMEOUT": "900", "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
 
 

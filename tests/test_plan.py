@@ -119,7 +119,7 @@ def test_single_layout_is_the_seeds(capsys):
     (ev,) = result.ranked
     assert ev.layout == Layout(tp=8, pp=2, ep=1, etp=8, cp=4, dp=1, vpp=1)
     assert max(ev.params_by_stage) == 2919501824
-    assert ev.cfg.parallel.distributed_optimizer is False  # exactly as composed
+    assert ev.cfg.parallel.distributed_optimizer is True  # as composed: the NPU default, dp*cp = 4 shards
     assert 0 < ev.time.mfu < 1 and ev.memory["total_gb"] > ev.memory["weights_gb"] > 0
 
 
@@ -237,3 +237,41 @@ def test_time_model_bubble_and_collectives():
     output_layer = 32 * 6 * 64 * 1000 / (1e12 * 0.5)  # 64 tokens / tp 2 through the 64 x 1000 output layer
     assert full.recompute_s == pytest.approx((full.compute_s - output_layer) / 3)  # the layers' forward again
     assert full.tp_comm_s == pytest.approx(1.5 * base.tp_comm_s)  # the recomputed forward gathers again
+
+
+def test_emitted_sweeps_go_to_conf_local_which_train_py_searches(tmp_path, monkeypatch):
+    """By default into ./conf_local (never the package's sweeps/), where train.py finds them with no extra flag."""
+    import subprocess
+    import sys
+
+    package_files = sorted(p.relative_to(REPO) for p in (REPO / "sweeps").rglob("*.yaml"))
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "mixexp.plan", *TINY, "plan.emit_sweep=mine", "plan.top_n=2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[plan] sweep written: conf_local/sweep/mine.yaml  (run: python train.py +sweep=mine, from this " \
+           "directory)" in proc.stdout
+    assert sorted(p.relative_to(REPO) for p in (REPO / "sweeps").rglob("*.yaml")) == package_files
+    assert sorted(p.name for p in (tmp_path / "conf_local" / "parallel").iterdir()) == ["mine_1.yaml", "mine_2.yaml"]
+
+    monkeypatch.chdir(tmp_path)  # train.yaml's own search path, no override
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        sweep = compose("train", overrides=["+sweep=mine"], return_hydra_config=True)
+        assert sweep.hydra.sweeper.params.parallel == "mine_1,mine_2"
+        job = compose("train", overrides=["+sweep=mine", "parallel=mine_1"])
+    assert validate(job).world_size == 4
+
+
+def test_a_layout_with_under_5_percent_headroom_is_flagged():
+    from mixexp.plan_report import layouts_table
+
+    seed = ["model=mixtral_8x7b", "hardware=ascend_910b", "cluster.nnodes=8", "parallel=tp8_pp2_cp4",
+            "train.seq_length=32768", "train.global_batch_size=32", "train.micro_batch_size=1", "plan.search=false"]
+    (tight,) = single(plain(compose_plan(*seed, "parallel.distributed_optimizer=false"))).ranked
+    (roomy,) = single(plain(compose_plan(*seed))).ranked  # the distributed optimizer over dp*cp = 4
+    assert round(tight.memory["total_gb"], 1) == 63.8 and round(roomy.memory["total_gb"], 1) == 39.4
+    assert (tight.fits, tight.tight, roomy.tight) == (True, True, False)
+    assert tight.record()["tight"] is True
+    fits_column = [c for c in layouts_table([tight, roomy], "t").columns if c.header == "fits"][0]
+    free = 100 * (1 - tight.memory["total_gb"] / 64)
+    assert list(fits_column.cells) == [f"tight ({free:.1f}% free)", "yes"] and f"{free:.1f}" == "0.3"

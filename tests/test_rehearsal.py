@@ -124,7 +124,7 @@ def _one_line_exit_2(result, expected: str) -> None:
 def test_a_switch_mindspeed_forces_on_is_refused(tmp_path):
     result = run_train("hardware=ascend_rehearsal", "data=synthetic", "train.iters=2", "npu.use_fused_rmsnorm=false",
                        f"hydra.run.dir={tmp_path}")
-    _one_line_exit_2(result, "error: rank 0: npu.use_fused_rmsnorm=false did not take effect: MindSpeed called "
+    _one_line_exit_2(result, "error: npu.use_fused_rmsnorm=false did not take effect: MindSpeed called "
                              "npu_rms_norm")
     assert not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text()
 
@@ -133,7 +133,7 @@ def test_a_switch_mindspeed_turns_off_is_refused(tmp_path):
     """An older torch_npu without the unpermute op: MindSpeed sets its fused-permute flag to False itself."""
     result = run_train("hardware=ascend_rehearsal", "data=synthetic", "train.iters=2", f"hydra.run.dir={tmp_path}",
                        env={"MIXEXP_STANDIN_WITHOUT_OPS": "npu_moe_token_unpermute_with_routing_map"})
-    _one_line_exit_2(result, "error: rank 0: --use-fused-moe-token-permute-and-unpermute did not take effect: "
+    _one_line_exit_2(result, "error: --use-fused-moe-token-permute-and-unpermute did not take effect: "
                              "MindSpeed turned it off while validating the arguments")
 
 
@@ -146,7 +146,7 @@ def test_without_megatron_training_mindspeed_patches_nothing_and_the_run_stops(t
     result = run_train("hardware=ascend_rehearsal", "data=synthetic", "train.iters=2",
                        f"hydra.run.dir={tmp_path / 'run'}",
                        env={"PYTHONPATH": os.pathsep.join([str(hidden), str(REPO)])})
-    _one_line_exit_2(result, "error: rank 0: MindSpeed applied no Megatron-LM training patches: `import "
+    _one_line_exit_2(result, "error: MindSpeed applied no Megatron-LM training patches: `import "
                              "megatron.training` fails (ModuleNotFoundError: No module named 'pydantic')")
 
 

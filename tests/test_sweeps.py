@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,7 @@ def test_callback_config_instantiates():
 
 APP = '''
 import json, sys
+import csv
 from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -94,3 +96,25 @@ def test_multirun_from_elsewhere_ends_with_a_comparison(tmp_path: Path):
     assert (sweep_dir / "comparison.png").is_file()
     lines = (sweep_dir / "comparison.csv").read_text().splitlines()
     assert [line.split(",")[1] for line in lines[1:]] == ["tp2_pp2", "dp2", "single"]
+
+
+def test_run_and_job_dirs_name_the_layout_that_runs():
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["parallel=tp2_pp2", "parallel.pp=1", "parallel.ep=2"],
+                      return_hydra_config=True)
+    assert cfg.hydra.run.dir.endswith("_mixtral_tiny_tp2_ep2_dp2")  # dp derived: experts fold over tp*dp
+    cfg.hydra.job.num = 7  # set by the sweeper for each job
+    assert cfg.hydra.sweep.subdir == "7_tp2_ep2_dp2"
+
+
+def test_a_key_override_sweep_names_its_jobs_by_their_layouts(tmp_path: Path):
+    """`-m parallel.tp=3,2`: job dirs 0_tp3 and 1_tp2 (not 0_single, 1_single), and so are the table's labels."""
+    from conftest import run_train
+
+    result = run_train("-m", "parallel.tp=3,2", "train.dry_run=true", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]  # the tp=3 job is invalid; the sweep goes on
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0_tp3", "1_tp2"]
+    rows = {r["label"]: r for r in csv.DictReader((tmp_path / "comparison.csv").open())}
+    assert rows["tp3"]["status"] == "failed"
+    assert rows["tp3"]["error"] == "parallel.tp=3 does not divide model.num_attention_heads=8"
+    assert rows["tp2"]["status"] == "dry_run" and rows["tp2"]["job"] == "1_tp2"

@@ -327,3 +327,9 @@ def dataset_problem(prefix: str) -> str | None:
         if os.path.getsize(bin_) < need:
             return f"{bin_} has {os.path.getsize(bin_)} bytes, its index needs {need} (truncated?)"
     return None
+
+
+def read_sequence_lengths(path: str) -> np.ndarray:
+    """The token count of every sequence of an ``.idx`` file (int32, right after the header)."""
+    count = read_index_header(path)["sequence_count"]
+    return np.fromfile(path, dtype=np.int32, count=count, offset=HEADER_SIZE)

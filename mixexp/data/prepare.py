@@ -81,3 +81,32 @@ def prepare_data(data_cfg, seq_length: int) -> str | None:
     except PreprocessError as exc:
         raise ConfigError(f"data preprocessing failed: {exc}") from None
     return prefix
+
+
+def _input_ids_index(prefix: str) -> str | None:
+    """The input-ids .idx of an instruction prefix (PREFIX, PREFIX_packed or the input-ids file itself)."""
+    stem = prefix[: -len("_packed")] if prefix.endswith("_packed") else prefix
+    for candidate in (prefix, f"{stem}_packed_input_ids_document", f"{prefix}_input_ids_document"):
+        if os.path.isfile(candidate + ".idx") and candidate.endswith("input_ids_document"):
+            return candidate + ".idx"
+    return None
+
+
+def check_sample_lengths(data_cfg, prefix: str | None, seq_length: int) -> str | None:
+    """Instruction rows longer than seq_length + 1 tokens would be cut. Packed rows (all one length) are
+    refused: every pack would lose its tail. Longer unpacked samples are truncated; returns a note saying so."""
+    if data_cfg.kind != "instruction" or prefix is None or (index := _input_ids_index(prefix)) is None:
+        return None
+    from mixexp.data.indexed import read_sequence_lengths
+
+    lengths = read_sequence_lengths(index)
+    longer = int((lengths > seq_length + 1).sum())
+    if not longer:
+        return None
+    row = int(lengths.max())
+    if int(lengths.min()) == row:  # what preprocess.py pack=true writes: every row padded to the pack length
+        raise ConfigError(f"data.prefix={data_cfg.prefix} is packed in rows of {row} tokens but train.seq_length="
+                          f"{seq_length} would cut every row to {seq_length + 1}: train with train.seq_length={row} "
+                          f"(or preprocess again with seq_length={seq_length})")
+    return (f"[data] {longer:,} of {len(lengths):,} samples are longer than train.seq_length={seq_length} "
+            f"(up to {row} tokens) and are truncated to {seq_length + 1}")

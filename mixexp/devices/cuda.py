@@ -44,6 +44,22 @@ def te_layer_spec(config, options: tuple[bool, bool] | None = None):
     return get_gpt_layer_with_transformer_engine_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=grouped), TENorm
 
 
+def check_node(ranks: int, bf16: bool) -> None:
+    """Before launching: this node has a CUDA torch, `ranks` GPUs and, if asked, bf16 (raises ConfigError)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"hardware.device=cuda but torch {torch.__version__} sees no CUDA GPU (built for CUDA "
+                          f"{torch.version.cuda}): install a CUDA build of torch or pick hardware=cpu")
+    count = torch.cuda.device_count()
+    if ranks > count:
+        raise ConfigError(f"this node runs {ranks} ranks but sees {count} GPU(s): set cluster.devices_per_node={count} "
+                          f"or check CUDA_VISIBLE_DEVICES")
+    if bf16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 is not supported by {torch.cuda.get_device_name(0)}: "
+                          f"use train.precision=fp32")
+
+
 def prepare(cfg=None) -> None:
     """Bind this rank to GPU LOCAL_RANK; check that bf16 runs here when the config asks for it."""
     # Megatron orders its tensor-parallel communication with one hardware queue (needed with
@@ -82,3 +98,13 @@ def peak_memory_gb() -> float:
     import torch
 
     return torch.cuda.max_memory_allocated() / 2**30
+
+
+if __name__ == "__main__":  # python -m mixexp.devices.cuda RANKS BF16: the launcher's check, one line on failure
+    import sys
+
+    try:
+        check_node(int(sys.argv[1]), sys.argv[2] == "bf16")
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
