@@ -162,6 +162,11 @@ class TrainSettings:
     warmup_steps: int = 2
     # Timeout of every collective; a hung peer fails the job instead of waiting forever.
     collective_timeout_s: int = "${hardware.default_collective_timeout_s}"  # type: ignore[assignment]
+    # A NaN/Inf loss or gradient: stop (the run ends at that step, status "diverged", exit 1) or
+    # skip (that update is dropped, as Megatron does for a bad step; the run still ends as diverged
+    # after more than train.max_consecutive_skips bad steps in a row).
+    on_nan: str = "stop"
+    max_consecutive_skips: int = 5
     # Fault injection, to check that a failing rank ends the whole job: rank `fault_rank`
     # raises (fault=raise), stops answering (fault=hang) or makes its forward output NaN
     # (fault=nan, for train.on_nan) at step `fault_step`.
