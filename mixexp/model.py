@@ -9,6 +9,7 @@ CPU-friendly modules in `mixexp.layers` on devices without Transformer Engine.
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -117,8 +118,10 @@ def layer_spec(config: TransformerConfig, device: str = "cpu") -> tuple[ModuleSp
     Elsewhere: Megatron's local MoE spec with our RMSNorm and SDPA/ring core attention. Experts: on CPU
     our GroupedExperts (torch's grouped_mm); on CUDA megatron's grouped-GEMM experts when the `grouped_gemm`
     package is installed (mixexp.devices.cuda decides), else its SequentialMLP."""
-    if device == "npu":
+    if device == "npu" and "mindspeed.megatron_adaptor" in sys.modules:
         return npu_layer_spec(config)
+    # Without MindSpeed (a dry run or the planner on the meta device) the modules below stand in for an NPU
+    # model: the same parameter shapes, counts and memory.
     grouped = False
     if device == "cuda":
         from mixexp.devices import cuda

@@ -10,9 +10,8 @@ import csv
 import json
 
 import pytest
-import yaml
 
-from conftest import read_jsonl, run_train
+from conftest import read_jsonl, run_layout_sweep
 
 LAYOUTS = ["single", "tp2", "pp2", "ep2", "ep2_allgather", "cp2", "dp2", "tp2_pp2", "tp2_ep2", "tp2_ep2_etp1",
            "pp2_vpp2"]
@@ -22,17 +21,7 @@ STEPS = 5
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("layouts")
-    result = run_train("-m", f"parallel={','.join(LAYOUTS)}", f"train.iters={STEPS}",
-                       f"hydra.sweep.dir={sweep_dir}", timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = {}
-    for job in sweep_dir.iterdir():
-        overrides = job / ".hydra" / "overrides.yaml"
-        if overrides.exists():
-            parallel = next(o.split("=", 1)[1] for o in yaml.safe_load(overrides.read_text())
-                            if o.startswith("parallel="))
-            jobs[parallel] = job
-    assert sorted(jobs) == sorted(LAYOUTS)
+    jobs = run_layout_sweep(sweep_dir, LAYOUTS, f"train.iters={STEPS}", timeout=1500)
     return sweep_dir, jobs
 
 

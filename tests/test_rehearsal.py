@@ -17,9 +17,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from conftest import REPO, read_jsonl, run_train
+from conftest import REPO, read_jsonl, run_layout_sweep, run_train
 from mixexp.devices import npu, versions
 from mixexp.errors import ConfigError
 
@@ -41,18 +40,7 @@ SWITCHES_OFF = ["npu.use_fused_swiglu=false", "npu.use_fused_rotary_pos_emb=fals
 
 def _sweep(tmp_path_factory, name: str, *overrides: str) -> dict:
     sweep_dir = tmp_path_factory.mktemp(name)
-    result = run_train("-m", f"parallel={','.join(LAYOUTS)}", *COMMON, *overrides, f"hydra.sweep.dir={sweep_dir}",
-                       timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = {}
-    for job in sweep_dir.iterdir():
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        if overrides_file.exists():
-            layout = next(o.split("=", 1)[1] for o in yaml.safe_load(overrides_file.read_text())
-                          if o.startswith("parallel="))
-            jobs[layout] = job
-    assert sorted(jobs) == sorted(LAYOUTS)
-    return {"dir": sweep_dir, "jobs": jobs}
+    return {"dir": sweep_dir, "jobs": run_layout_sweep(sweep_dir, LAYOUTS, *COMMON, *overrides)}
 
 
 @pytest.fixture(scope="module")
