@@ -164,7 +164,7 @@ def launch(cfg, run_dir: Path, nproc_per_node: int) -> int:
 
 
 # What a rank sees when a peer vanished (gloo, NCCL): a consequence, not the cause.
-PEER_VANISHED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+PEER_VANISHED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Read error",
                  "remote process exited", "NCCL communicator was aborted")
 
 

@@ -200,7 +200,8 @@ def validate(cfg: Any) -> Layout:
         _divides("cluster.nnodes", cfg.cluster.nnodes, "the layout's world size", layout.world_size)
     _check(0 <= cfg.cluster.node_rank < cfg.cluster.nnodes,
            f"cluster.node_rank={cfg.cluster.node_rank} must be in [0, cluster.nnodes={cfg.cluster.nnodes})")
-    check_run_settings(cfg, layout.world_size)
+    if cfg.get("optim") is not None:  # a run's config (the planner validates layouts of bare model configs)
+        check_run_settings(cfg, layout.world_size)
     return layout
 
 

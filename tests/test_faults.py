@@ -155,7 +155,8 @@ def test_a_killed_rank_is_the_one_blamed(tmp_path):
     expected = "rank 1: killed by SIGKILL (the kernel's out-of-memory killer, or kill -9)"
     assert stderr.strip().splitlines()[-1] == f"error: run failed: {expected}"
     assert json.loads((tmp_path / "summary.json").read_text())["error"] == expected
-    assert "Connection closed by peer" in (tmp_path / "errors" / "rank0.txt").read_text()  # rank 0 only complained
+    peer_lost = (tmp_path / "errors" / "rank0.txt").read_text()  # rank 0 only complained of the lost peer
+    assert any(s in peer_lost for s in ("Connection closed by peer", "Read error", "Connection reset by peer"))
     wait_until_gone(str(tmp_path), within_s=10)
 
 
