@@ -19,16 +19,17 @@ PY=$VENV/bin/python
 echo "[light_py310] $("$PY" --version) in $VENV"
 "$PY" -m pip install --quiet --no-warn-conflicts --no-deps -e .
 # Of mixexp's own dependencies (its installed metadata), what the torch-free tests use: the package needs no
-# more to compose, validate and render (pyarrow, wandb, matplotlib... would add minutes here).
+# more to compose, validate and render (pyarrow, wandb, matplotlib... would add minutes here); the SLURM
+# launcher's Hydra plugin (hydra_plugins/mixexp_slurm) imports hydra-submitit-launcher whenever Hydra scans plugins.
 mapfile -t DEPS < <("$PY" - <<'PYEOF'
 import re
 from importlib.metadata import requires
 for req in requires("mixexp"):
-    if re.match(r"(hydra-core|omegaconf|mistral-common)\b", req) and "extra ==" not in req:
+    if re.match(r"(hydra-core|omegaconf|mistral-common|hydra-submitit-launcher)\b", req) and "extra ==" not in req:
         print(req)
 PYEOF
 )
-[ "${#DEPS[@]}" = 3 ] || { echo "light_py310: expected hydra-core, omegaconf, mistral-common in mixexp's requirements, got: ${DEPS[*]}" >&2; exit 1; }
+[ "${#DEPS[@]}" = 4 ] || { echo "light_py310: expected hydra-core, omegaconf, mistral-common, hydra-submitit-launcher in mixexp's requirements, got: ${DEPS[*]}" >&2; exit 1; }
 "$PY" -m pip install --quiet --no-warn-conflicts "${DEPS[@]}" pytest vermin
 if "$PY" -c 'import torch' 2>/dev/null; then echo "light_py310: torch is installed; this job must run without it" >&2; exit 1; fi
 
