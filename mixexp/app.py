@@ -117,7 +117,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         return run_megatron_lm(cfg, layout, run_dir)
     if cfg.hardware.device == "npu":  # answer a missing install, a bad pairing or a bad flag before launching
         from mixexp.devices.npu import check_installation
-        from mixexp.devices.versions import check_installed_pairing
+        from mixexp.devices.npu_versions import check_installed_pairing
         from mixexp.megatron_args import render
         check_installation(rehearsal=cfg.hardware.rehearsal)
         check_installed_pairing()

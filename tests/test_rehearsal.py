@@ -19,7 +19,8 @@ import sys
 import pytest
 
 from conftest import REPO, read_jsonl, run_layout_sweep, run_train
-from mixexp.devices import npu, versions
+from mixexp.devices import npu
+from mixexp.devices import npu_versions as versions
 from mixexp.errors import ConfigError
 
 INSTALLED = importlib.util.find_spec("mindspeed") is not None and npu.megatron_lm_checkout() is not None

@@ -40,7 +40,7 @@ unpack "$megatron_src" "$venv/src/Megatron-LM"
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$(cd "$venv/src/Megatron-LM" && pwd)" > "$site/megatron_lm.pth"
 "$py" -c '
-from mixexp.devices import versions as v
+from mixexp.devices import npu_versions as v
 v.check_installed_pairing()
 print(f"MindSpeed {v.mindspeed_version()} ({v.mindspeed_commit()}), Megatron-LM {v.megatron_lm_version()}, "
       f"megatron-core {v.megatron_core_version()}: installed")'

@@ -209,7 +209,7 @@ def stack() -> dict:
     from megatron.training import get_args
     from mindspeed.features_manager.features_manager import MindSpeedFeaturesManager
 
-    from mixexp.devices import versions
+    from mixexp.devices import npu_versions as versions
 
     args = get_args()
 
